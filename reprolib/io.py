@@ -1,0 +1,107 @@
+"""Atomic writes and checksum-verified downloads.
+
+Every artifact on disk is written through these helpers so that a killed job never leaves a
+half-written file that a resumed job would mistake for a finished one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+
+class ChecksumError(RuntimeError):
+    """A downloaded or local file does not have the expected sha256."""
+
+
+def _atomic(path: Path, writer: Callable[[Path], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        writer(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes so that `path` holds either the old or the complete new content."""
+    return _atomic(Path(path), lambda p: p.write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
+    return _atomic(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Path:
+    """JSON version of :func:`atomic_write_text`."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def atomic_save(path: str | os.PathLike, save: Callable[[Path], None]) -> Path:
+    """Run `save(tmp_path)` (e.g. ``img.save`` or ``df.to_csv``) and move the result into place."""
+    return _atomic(Path(path), save)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: str | os.PathLike, expected: str) -> None:
+    """Raise :class:`ChecksumError` naming the file when its hash differs."""
+    got = sha256_file(path)
+    if got != expected.lower():
+        raise ChecksumError(f"{path}: sha256 {got} does not match expected {expected}")
+
+
+def download(url: str, dest: str | os.PathLike, sha256: str | None = None,
+             progress: bool = True, timeout: float = 60.0) -> Path:
+    """Fetch `url` to `dest` once: skip when a verified copy exists, verify before moving into place.
+
+    A corrupt existing file is replaced; a download whose hash is wrong is discarded and raises.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        if sha256 is None:
+            return dest
+        try:
+            verify_sha256(dest, sha256)
+            return dest
+        except ChecksumError:
+            dest.unlink()
+
+    def fetch(tmp: Path) -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+                total = int(r.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
+                          disable=not progress, leave=False) as bar:
+                    for block in iter(lambda: r.read(1 << 16), b""):
+                        f.write(block)
+                        bar.update(len(block))
+        except OSError as e:  # URLError is an OSError
+            raise OSError(f"download failed: {url}: {e}") from None
+        if sha256 is not None:
+            try:
+                verify_sha256(tmp, sha256)
+            except ChecksumError:
+                raise ChecksumError(f"{url}: downloaded file does not match sha256 {sha256}") from None
+
+    return _atomic(dest, fetch)

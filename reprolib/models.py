@@ -115,19 +115,19 @@ def clip_tokenizer():
 # --------------------------------------------------------------------------- tiny models
 
 #: The tiny UNet mirrors SD1.4's block layout (3 cross-attention down blocks, a cross-attention mid
-#: block, 3 cross-attention up blocks) so the layer groups down_64/32/16, mid_8, up_16/32/64 exist
-#: with the same names as in SD1.4 at 512² (latent 64²). Images are 64² and the tiny VAE does not
-#: downsample, so latents are 64² as in SD1.4.
+#: block, 3 cross-attention up blocks) at toy width. Images are 64², the tiny VAE downsamples by 2,
+#: so latents are 32² and the layer groups are down_32/16/8, mid_4, up_8/16/32 (SD1.4 at 512²:
+#: down_64/32/16, mid_8, up_16/32/64). A 64² latent would make each self-attention 16x dearer on CPU.
 TINY_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=1,
+    sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
     block_out_channels=(32, 32, 64, 64),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
 )
 TINY_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16,),
-    down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16),
+    down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
     layers_per_block=1, norm_num_groups=8, sample_size=64,
 )
 TINY_TEXT = dict(
@@ -165,7 +165,9 @@ def sd14_scheduler(kind: str = "pndm"):
     """SD1.4's noise schedule as a ``pndm`` (pipeline default), ``ddpm`` (training) or ``ddim`` scheduler."""
     from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
     cls = {"pndm": PNDMScheduler, "ddpm": DDPMScheduler, "ddim": DDIMScheduler}[kind]
-    cfg = {k: v for k, v in SD14_SCHEDULER.items() if k in cls.__init__.__code__.co_varnames}
+    import inspect
+    params = inspect.signature(cls.__init__).parameters
+    cfg = {k: v for k, v in SD14_SCHEDULER.items() if k in params}
     return cls(**cfg)
 
 

@@ -1,0 +1,40 @@
+"""Shared fixtures: the real SD1.4 tokenizer, the real shared data folder, tiny models."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokencompose"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from reprolib.models import clip_tokenizer
+    return clip_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "metadata.jsonl").is_file():
+        pytest.skip(f"shared reference data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def metadata_records(shared_dir) -> list[dict]:
+    with open(shared_dir / "metadata.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture()
+def tiny_unet():
+    from reprolib.models import tiny_unet as make
+    return make(0)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,105 @@
+"""Provenance of executed stages, and small helpers the book's glue relies on.
+
+Each stage notebook calls :func:`start_stage` after its parameters cell and :func:`finish_stage` at
+the end. The record (git SHA and dirty flag, profile and parameters, package versions, device,
+seeds, start/end/duration) is written next to the stage's artifacts as ``provenance.json`` and a
+one-line summary is glued under every table and figure of the book.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as _md
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Profile
+from .io import atomic_write_json
+
+PACKAGES = ("reprolib", "torch", "torchvision", "diffusers", "transformers", "accelerate", "torchmetrics",
+            "safetensors", "numpy", "pandas", "papermill", "jupyter-book")
+TINY_BANNER = ("Tiny profile: these numbers come from small random-initialised models on CPU. They check "
+               "that the pipeline runs end to end; they are not scientific results.")
+
+
+def git_state(repo: Path | None = None) -> dict[str, Any]:
+    """SHA of HEAD and whether the tree has uncommitted changes (None when not a git checkout)."""
+    repo = repo or Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        return {"sha": sha, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": None, "dirty": None}
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    out = {}
+    for n in names:
+        try:
+            out[n] = _md.version(n)
+        except _md.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def device_info() -> dict[str, Any]:
+    """CPU model/cores and, when present, the GPU names and count."""
+    import os
+    import torch
+    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                            "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0}
+    if info["gpu_count"]:
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(info["gpu_count"])]
+    return info
+
+
+@dataclass
+class Provenance:
+    stage: str
+    profile: str
+    parameters: dict[str, Any]
+    profile_values: dict[str, Any]
+    git: dict[str, Any]
+    packages: dict[str, str | None]
+    device: dict[str, Any]
+    seeds: dict[str, Any]
+    started: str
+    ended: str | None = None
+    duration_s: float | None = None
+    _t0: float = field(default=0.0, repr=False)
+
+    def short(self) -> str:
+        """One line for under a table or figure."""
+        sha = (self.git.get("sha") or "unknown")[:8] + ("+dirty" if self.git.get("dirty") else "")
+        dev = ", ".join(self.device.get("gpus", [])) or f"CPU×{self.device.get('cpu_count')}"
+        dur = f", {self.duration_s:.0f} s" if self.duration_s is not None else ""
+        return (f"Produced by stage {self.stage}, profile {self.profile}, commit {sha}, on {dev}, "
+                f"{self.started[:16].replace('T', ' ')} UTC{dur}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("_t0")
+        return d
+
+
+def start_stage(stage: str, profile: Profile, parameters: dict[str, Any] | None = None) -> Provenance:
+    """Open the provenance record of a stage run (call right after the parameters cell)."""
+    return Provenance(
+        stage=stage, profile=profile.name, parameters=dict(parameters or {}), profile_values=profile.to_dict(),
+        git=git_state(), packages=package_versions(), device=device_info(),
+        seeds={"profile": profile.seed, "model": profile.model.seed, "train": profile.train.seed},
+        started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), _t0=time.time(),
+    )
+
+
+def finish_stage(prov: Provenance, out_dir: str | Path) -> Path:
+    """Close the record and write ``<out_dir>/provenance.json`` atomically."""
+    prov.ended = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    prov.duration_s = round(time.time() - prov._t0, 2)
+    return atomic_write_json(Path(out_dir) / "provenance.json", prov.to_dict())

@@ -103,3 +103,50 @@ def finish_stage(prov: Provenance, out_dir: str | Path) -> Path:
     prov.ended = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     prov.duration_s = round(time.time() - prov._t0, 2)
     return atomic_write_json(Path(out_dir) / "provenance.json", prov.to_dict())
+
+
+# --------------------------------------------------------------------------- glue helpers for the book
+
+def banner_html(profile: Profile) -> str:
+    """The banner shown at the top of every book page with numbers (says what tiny-profile numbers are)."""
+    if profile.is_tiny:
+        return f'<div class="repro-banner tiny"><strong>Pipeline check.</strong> {TINY_BANNER}</div>'
+    return (f'<div class="repro-banner paper">Profile <code>{profile.name}</code>: real weights '
+            f'(<code>{profile.model.pretrained}</code>).</div>')
+
+
+def provenance_table(prov: Provenance):
+    """Full provenance as a two-column DataFrame (for the appendix)."""
+    import pandas as pd
+    d = prov.to_dict()
+    rows = [("stage", d["stage"]), ("profile", d["profile"]),
+            ("git commit", f"{d['git'].get('sha')}{' (dirty)' if d['git'].get('dirty') else ''}"),
+            ("started (UTC)", d["started"]), ("ended (UTC)", d["ended"]), ("duration (s)", d["duration_s"]),
+            ("device", json_compact(d["device"])), ("seeds", json_compact(d["seeds"])),
+            ("parameters", json_compact(d["parameters"]))]
+    rows += [(f"package {k}", v or "not installed") for k, v in d["packages"].items()]
+    return pd.DataFrame(rows, columns=["field", "value"]).set_index("field")
+
+
+def json_compact(obj: Any) -> str:
+    import json
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def glue_banner(prefix: str, profile: Profile) -> None:
+    """Glue ``<prefix>banner`` (HTML) and display it at the top of the executed notebook too."""
+    from IPython.display import HTML, display
+    from myst_nb import glue
+    html = HTML(banner_html(profile))
+    display(html)
+    glue(f"{prefix}banner", html, display=False)
+
+
+def glue_provenance(prefix: str, prov: Provenance, out_dir: str | Path) -> Path:
+    """Finish the stage record and glue ``<prefix>provenance`` (one line) and ``<prefix>provenance_full``."""
+    from IPython.display import HTML
+    from myst_nb import glue
+    path = finish_stage(prov, out_dir)
+    glue(f"{prefix}provenance", HTML(f'<p class="repro-provenance">{prov.short()}</p>'), display=False)
+    glue(f"{prefix}provenance_full", provenance_table(prov), display=False)
+    return path

@@ -1,0 +1,159 @@
+"""The one-command run: execute the stage notebooks in order with papermill, then build the book.
+
+Stage caching works like ``dvc repro``: a stage re-runs only when its notebook, its parameters,
+reprolib's source, or an upstream stage changed (the cache key chains through the upstream keys).
+A failing stage stops the run, names the partial notebook, and leaves earlier outputs in place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+from tqdm.auto import tqdm
+
+from .config import load_profile
+from .io import atomic_write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+BOOK = ROOT / "book"
+STAGE_DIR = BOOK / "_stages"          # executed notebooks live inside the book, which glues from them
+CACHE_FILE = ".stage-cache.json"
+
+#: Which earlier stages a stage reads from (its cache key includes theirs).
+UPSTREAM: dict[str, tuple[str, ...]] = {"02": ("01",), "03": ("02",), "04": ("02",), "05": ("02",)}
+
+
+class StageFailed(RuntimeError):
+    """A stage notebook raised; the message names the stage and the partial notebook."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    id: str           # "03"
+    name: str         # "03_multigen"
+    path: Path        # notebooks/03_multigen.ipynb
+
+    @property
+    def output(self) -> Path:
+        return STAGE_DIR / f"{self.name}.ipynb"
+
+
+def discover_stages(notebooks: Path = NOTEBOOKS) -> list[Stage]:
+    """``notebooks/0*_*.ipynb`` in order."""
+    return [Stage(p.stem.split("_", 1)[0], p.stem, p) for p in sorted(notebooks.glob("0*_*.ipynb"))]
+
+
+def select_stages(stages: Sequence[Stage], only: Sequence[str] | None) -> list[Stage]:
+    """Keep the stages named in ``only`` (``"03"`` or ``"03_multigen"``); raise naming an unknown one."""
+    if not only:
+        return list(stages)
+    known = {s.id: s for s in stages} | {s.name: s for s in stages}
+    for o in only:
+        if o not in known:
+            raise ValueError(f"unknown stage {o!r}; stages: {', '.join(s.id for s in stages)}")
+    wanted = {known[o].id for o in only}
+    return [s for s in stages if s.id in wanted]
+
+
+def source_digest(root: Path = ROOT / "reprolib") -> str:
+    """Hash of reprolib's source: a code change invalidates every stage."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def stage_key(stage: Stage, parameters: Mapping[str, Any], upstream_keys: Sequence[str], code: str) -> str:
+    """Cache key of a stage run: notebook bytes, parameters, reprolib source, upstream keys."""
+    h = hashlib.sha256()
+    h.update(stage.path.read_bytes())
+    h.update(json.dumps(parameters, sort_keys=True, default=str).encode())
+    h.update(code.encode())
+    for k in upstream_keys:
+        h.update(k.encode())
+    return h.hexdigest()
+
+
+def load_cache(stage_dir: Path = STAGE_DIR) -> dict[str, Any]:
+    f = stage_dir / CACHE_FILE
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def parse_params(pairs: Sequence[Sequence[str]] | None, params_file: str | None) -> dict[str, Any]:
+    """``-p key value`` pairs (YAML-typed values) over a params YAML file: the profile overrides."""
+    out: dict[str, Any] = {}
+    if params_file:
+        p = Path(params_file)
+        if not p.is_file():
+            raise FileNotFoundError(f"params file not found: {params_file}")
+        out.update(yaml.safe_load(p.read_text()) or {})
+    for key, value in pairs or []:
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def run_stages(profile: str = "tiny", overrides: Mapping[str, Any] | None = None, only: Sequence[str] | None = None,
+               force: bool = False, stage_dir: Path = STAGE_DIR, notebooks: Path = NOTEBOOKS,
+               kernel: str = "python3", log=print) -> list[tuple[str, str]]:
+    """Execute the stages; returns ``[(stage, "ran"|"cached")]``. Raises :class:`StageFailed`."""
+    import papermill as pm
+
+    overrides = dict(overrides or {})
+    load_profile(profile, overrides)                     # fail fast on a bad profile or override
+    stages = discover_stages(notebooks)
+    if not stages:
+        raise FileNotFoundError(f"no stage notebooks (0*_*.ipynb) in {notebooks}")
+    todo = {s.id for s in select_stages(stages, only)}
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    cache = load_cache(stage_dir)
+    code = source_digest()
+    keys: dict[str, str] = {}
+    results = []
+    params = {"profile": profile, "overrides": overrides}
+    bar = tqdm(stages, desc="stages", unit="stage", disable=None)
+    for st in bar:
+        key = stage_key(st, params, [keys.get(u, "") for u in UPSTREAM.get(st.id, ())], code)
+        keys[st.id] = key
+        if st.id not in todo:
+            continue
+        output = stage_dir / f"{st.name}.ipynb"
+        if not force and cache.get(st.id, {}).get("key") == key and output.is_file():
+            log(f"[{st.id}] {st.name}: up to date (cached)")
+            results.append((st.id, "cached"))
+            continue
+        bar.set_postfix_str(st.name)
+        log(f"[{st.id}] {st.name}: running with profile {profile!r}")
+        t0 = time.time()
+        cache.pop(st.id, None)
+        atomic_write_json(stage_dir / CACHE_FILE, cache)
+        try:
+            pm.execute_notebook(str(st.path), str(output), parameters=params, kernel_name=kernel,
+                                cwd=str(ROOT), progress_bar=False)
+        except pm.PapermillExecutionError as e:
+            raise StageFailed(f"stage {st.name} failed: {e.ename}: {e.evalue} (partial notebook: {output})") from None
+        cache[st.id] = {"key": key, "profile": profile, "seconds": round(time.time() - t0, 1),
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_json(stage_dir / CACHE_FILE, cache)
+        log(f"[{st.id}] {st.name}: done in {time.time() - t0:.0f} s → {output}")
+        results.append((st.id, "ran"))
+    return results
+
+
+def build_book(strict: bool = True, book: Path = BOOK) -> Path:
+    """``jupyter-book build book`` (warnings are errors when strict); returns the HTML folder."""
+    cmd = ["jupyter-book", "build", str(book)]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    r = subprocess.run(cmd, cwd=ROOT)
+    if r.returncode != 0:
+        raise RuntimeError(f"book build failed (exit {r.returncode}): {' '.join(cmd)}")
+    return book / "_build" / "html"

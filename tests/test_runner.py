@@ -1,0 +1,84 @@
+"""The stage runner: order, caching like dvc repro, --only, --force, failures that keep earlier outputs."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from reprolib import runner
+
+
+def _notebook(path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "tiny"\noverrides = None')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture()
+def stages(tmp_path):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    log = tmp_path / "log.txt"
+    for name in ("01_first", "02_second"):
+        _notebook(nbs / f"{name}.ipynb",
+                  f"open({str(log)!r}, 'a').write('{name} ' + profile + ' ' + repr(overrides) + '\\n')")
+    return nbs, tmp_path / "out", log
+
+
+def test_runs_in_order_then_caches(stages):
+    nbs, out, log = stages
+    r1 = runner.run_stages("tiny", {}, notebooks=nbs, stage_dir=out, log=lambda *_: None)
+    assert r1 == [("01", "ran"), ("02", "ran")]
+    assert log.read_text().splitlines() == ["01_first tiny {}", "02_second tiny {}"]
+    assert (out / "01_first.ipynb").is_file()
+    r2 = runner.run_stages("tiny", {}, notebooks=nbs, stage_dir=out, log=lambda *_: None)
+    assert r2 == [("01", "cached"), ("02", "cached")]
+    r3 = runner.run_stages("tiny", {}, notebooks=nbs, stage_dir=out, force=True, only=["02"], log=lambda *_: None)
+    assert r3 == [("02", "ran")]
+
+
+def test_parameter_or_upstream_change_reruns_downstream(stages):
+    nbs, out, log = stages
+    runner.run_stages("tiny", {}, notebooks=nbs, stage_dir=out, log=lambda *_: None)
+    r = runner.run_stages("tiny", {"train.steps": 3}, notebooks=nbs, stage_dir=out, log=lambda *_: None)
+    assert r == [("01", "ran"), ("02", "ran")]
+    assert log.read_text().splitlines()[-1] == "02_second tiny {'train.steps': 3}"
+    nb = nbformat.read(str(nbs / "01_first.ipynb"), as_version=4)     # edit stage 01 only
+    nb.cells[1].source += "\nx = 1"
+    nbformat.write(nb, str(nbs / "01_first.ipynb"))
+    r = runner.run_stages("tiny", {"train.steps": 3}, notebooks=nbs, stage_dir=out, log=lambda *_: None)
+    assert r == [("01", "ran"), ("02", "ran")]                       # 02 reads 01: re-runs too
+
+
+def test_failing_stage_names_partial_notebook_and_keeps_earlier(stages):
+    nbs, out, _ = stages
+    runner.run_stages("tiny", {}, notebooks=nbs, stage_dir=out, log=lambda *_: None)
+    _notebook(nbs / "02_second.ipynb", "raise ValueError('boom in stage two')")
+    with pytest.raises(runner.StageFailed, match=r"stage 02_second failed: ValueError: boom in stage two "
+                                                 r"\(partial notebook: .*02_second.ipynb\)"):
+        runner.run_stages("tiny", {}, notebooks=nbs, stage_dir=out, log=lambda *_: None)
+    cache = json.loads((out / runner.CACHE_FILE).read_text())
+    assert "01" in cache and "02" not in cache and (out / "01_first.ipynb").is_file()
+
+
+def test_bad_inputs_fail_fast(stages):
+    nbs, out, _ = stages
+    with pytest.raises(ValueError, match="unknown stage '07'"):
+        runner.run_stages("tiny", {}, only=["07"], notebooks=nbs, stage_dir=out)
+    with pytest.raises(ValueError, match="unknown profile field: train.nope"):
+        runner.run_stages("tiny", {"train.nope": 1}, notebooks=nbs, stage_dir=out)
+
+
+def test_params_parsing(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("train.steps: 5\nmultigen.checkpoints: [sd14]\n")
+    parsed = runner.parse_params([["train.steps", "7"], ["lr", "1e-4"]], str(f))
+    assert parsed["train.steps"] == 7 and parsed["multigen.checkpoints"] == ["sd14"]
+    from reprolib.config import load_profile
+    assert load_profile("tiny", parsed).train.lr == 1e-4      # YAML keeps 1e-4 as text; the profile types it
+    with pytest.raises(FileNotFoundError, match="params file not found: nope.yaml"):
+        runner.parse_params(None, "nope.yaml")

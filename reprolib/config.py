@@ -71,6 +71,11 @@ class DataConfig:
     segmenter: str = "sam"                # "sam" or "sam_hq"
     detector_id: str = "IDEA-Research/grounding-dino-base"
     sam_id: str = "facebook/sam-vit-huge"
+    gsam_limit: int | None = None         # images sent through Grounded-SAM (None: all)
+    gsam_batch_size: int = 4              # images per detector/segmenter batch (1: the original, unbatched)
+    pos_tagger: str = "flair/pos-english"  # noun tagger for new captions: flair model id, "hf:<id>" or "lexicon"
+    caption_clip_id: str = "openai/clip-vit-large-patch14-336"  # picks the best of several captions
+    original_masks: str | None = None     # folder with the authors' seg/ masks, for the IoU check (None: skip)
 
 
 @dataclass
@@ -90,6 +95,7 @@ class MultiGenConfig:
     detection_threshold: float = 0.1
     save_threshold: float = 0.01
     n_bootstrap: int = 2000
+    prompt_mirror: str | None = None      # folder or base URL holding the official prompt files (None: GitHub)
     output_dir: str = "runs/multigen"
 
 
@@ -102,6 +108,12 @@ class AttentionConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
+    mass_protocol: str = "sdedit"         # "sdedit" (miniworld scenes, exact masks) or "generated" (Grounded-SAM)
+    mass_prompts: int = 8                 # scenes (sdedit) or prompts of attention_prompts.yaml (generated)
+    sdedit_strength: float = 0.6          # noise level the SDEdit protocol starts from
+    mask_mode: str = "area"               # "area" (coverage-weighted) or "original" (token loss's resize, > 0)
+    n_bootstrap: int = 2000
+    batch_size: int = 8
     output_dir: str = "runs/attention"
 
 
@@ -116,6 +128,10 @@ class EditingConfig:
     blending_start: float = 0.25
     start_from: str = "noise"             # "noise" (official) or "noised_source"
     blend_noise_at: str = "t"             # "t" (official) or "t_prev"
+    seed: int = 1234                      # PnPInversion's setup_seed(1234) before every image
+    precision: str = "fp16"               # "fp16" (official BLD script), "fp32" or "bf16"
+    categories: list[str] | None = None   # editing_type_id values to run (None: all ten)
+    resolution: int | None = None         # edit size in pixels (None: model.resolution; official 512)
     dino_id: str = "facebook/dino-vitb8"
     clip_id: str = "openai/clip-vit-large-patch14"
     output_dir: str = "runs/editing"

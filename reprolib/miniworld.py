@@ -139,12 +139,14 @@ SHAPES: Mapping[str, ShapeFn] = MappingProxyType({
 @dataclass
 class Scene:
     """One rendered scene. ``masks`` are the VISIBLE pixels of each object (occlusion applied),
-    keyed by noun in caption order; ``colors`` are the RGB colours the objects were painted with."""
+    keyed by noun in caption order; ``colors`` are the RGB colours the objects were painted with and
+    ``areas`` their unoccluded areas in pixels (visible / area = how much is not hidden)."""
     image: np.ndarray                                   # (H, W, 3) uint8
     masks: dict[str, np.ndarray]                        # noun -> bool (H, W)
     caption: str
     categories: list[str]
     colors: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    areas: dict[str, int] = field(default_factory=dict)
 
 
 def caption_for(categories: Sequence[str], style: Literal["multigen", "plain"] = "multigen") -> str:
@@ -219,8 +221,9 @@ def _sample_colors(n: int, rng: np.random.Generator) -> list[tuple[int, int, int
 
 
 def _place(categories: Sequence[str], rng: np.random.Generator, size: int
-           ) -> list[tuple[str, np.ndarray]] | None:
-    """Rejection-sample positions in painting order; returns (noun, visible mask) or None on failure."""
+           ) -> list[tuple[str, np.ndarray, int]] | None:
+    """Rejection-sample positions in painting order; returns (noun, visible mask, unoccluded area)
+    per object, or None when an object found no place."""
     lo, hi = (s * size / 64.0 for s in SCALE_RANGE)
     max_angle = math.radians(MAX_ROTATION_DEG)
     placed: list[list] = []         # [noun, cy, cx, s, visible mask, own area]
@@ -244,7 +247,7 @@ def _place(categories: Sequence[str], rng: np.random.Generator, size: int
                 break
         else:
             return None
-    return [(p[0], p[4]) for p in placed]
+    return [(p[0], p[4], p[5]) for p in placed]
 
 
 def render_scene(categories: Sequence[str], rng: np.random.Generator, size: int = 64,
@@ -273,11 +276,13 @@ def render_scene(categories: Sequence[str], rng: np.random.Generator, size: int 
     else:
         raise RuntimeError(f"render_scene: could not place {cats} in a {size}x{size} image")
     image = np.full((size, size, 3), background, dtype=np.uint8)
-    visible = dict(placed)
+    visible = {cat: mask for cat, mask, _ in placed}
+    areas = {cat: area for cat, _, area in placed}
     for cat in order:                   # visible masks are disjoint, so painting them is exact
         image[visible[cat]] = colors[cat]
     return Scene(image=image, masks={c: visible[c] for c in cats},
-                 caption=caption_for(cats, style) if cats else "", categories=cats, colors=colors)
+                 caption=caption_for(cats, style) if cats else "", categories=cats, colors=colors,
+                 areas={c: areas[c] for c in cats})
 
 
 def _object_count_probs(n_objects: Sequence[float] | None) -> np.ndarray:

@@ -18,9 +18,12 @@ Design choices:
   the cell: positive; no pixel: negative; in between: ignored). Many labels per image instead of ten
   makes training several times more sample-efficient, which is what lets it finish on a CPU.
 * **Robust to generated images.** Training uses infinite fresh renders (no sample is seen twice),
-  a few empty backgrounds (so blank generations score "nothing"), and per-image augmentation that
-  mimics what small diffusion models produce: gaussian blur (σ up to 1.5 px), additive gaussian noise
-  (σ up to 0.08) and brightness/contrast/saturation jitter. See :func:`augment`.
+  per-image augmentation that mimics what small diffusion models produce (gaussian blur σ up to
+  1.5 px, additive gaussian noise σ up to 0.08, brightness/contrast/saturation jitter; see
+  :func:`augment`), object-free images (so blank generations score "nothing") and smooth random
+  colour fields as background or on their own (:func:`random_fields`), so that blobs and texture
+  are not taken for shapes; without these a detector trained on grey backgrounds fires on every
+  smooth noise image. The script reports the false-positive rate on such object-free images.
 * **Any input size.** Images whose side differs from the training size are resized (antialiased
   bilinear) before classification.
 """
@@ -51,6 +54,10 @@ FORMAT = "reprolib.worlddetector/1"
 TRAIN_STREAM, EVAL_STREAM = 1, 2
 #: Fraction of a logit-map cell an object must cover to be a positive of the dense loss.
 DENSE_POSITIVE = 0.2
+#: Weights of 1..5 objects in training scenes: crowded scenes are the hard ones (and carry more labels).
+TRAIN_OBJECT_WEIGHTS = (1.0, 1.0, 2.0, 2.0, 2.0)
+#: Grid sides of the smooth random colour fields used as clutter (bigger: finer blobs).
+FIELD_GRIDS = (2, 3, 4, 6, 8, 12)
 
 
 class WorldDetector(nn.Module):
@@ -228,27 +235,59 @@ def dense_targets(masks: torch.Tensor, grid: tuple[int, int], positive: float = 
     return target, weight
 
 
-def training_batch(seed: int, step: int, batch_size: int, empty_fraction: float = 0.05,
-                   n_objects: Sequence[float] | None = None
+def stream_seed(*key: int) -> int:
+    """A torch seed drawn from numpy's ``SeedSequence(key)``: torch streams as disjoint as numpy's."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def random_fields(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, size, size, 3) uint8 smooth random colour fields: a k×k random grid (k in ``FIELD_GRIDS``)
+    upsampled bicubically and blended toward a random grey; object-free clutter for training."""
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        k = int(rng.choice(FIELD_GRIDS))
+        coarse = torch.from_numpy(rng.random((1, 3, k, k), dtype=np.float32))
+        field = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0]
+        grey, alpha = rng.uniform(0.3, 0.95), rng.uniform(0.3, 1.0)
+        field = (grey + alpha * (field - grey)).clamp(0.0, 1.0)
+        out[i] = (field.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    return out
+
+
+def with_background(images: np.ndarray, masks: np.ndarray, backgrounds: np.ndarray) -> np.ndarray:
+    """Replace the background (pixels in no mask; masks (N, C, H, W)) of each image."""
+    objects = masks.any(axis=1)[..., None]
+    return np.where(objects, images, backgrounds)
+
+
+def training_batch(seed: int, step: int, batch_size: int, empty_fraction: float = 0.1,
+                   clutter_fraction: float = 0.3, n_objects: Sequence[float] | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fresh renders for one step: uint8 images, multi-hot labels, (N, C, H, W) masks;
-    about ``empty_fraction`` of the images are blank backgrounds.
+    """Fresh renders for one step: uint8 images, multi-hot labels, (N, C, H, W) masks.
 
-    Seeds come from the stream ``[TRAIN_STREAM, seed, step]``, disjoint from integer evaluation seeds.
+    About ``empty_fraction`` of the scenes have no object and, independently, about
+    ``clutter_fraction`` get a :func:`random_fields` background instead of the plain grey (so blobs and
+    texture are not mistaken for shapes, and shapes are found on messy backgrounds).
+    Scenes come from the seed stream ``[TRAIN_STREAM, seed, step]``, disjoint from integer seeds.
     """
-    rng = np.random.default_rng([TRAIN_STREAM, seed, step])
     scenes = sample_scenes(batch_size, [TRAIN_STREAM, seed, step], n_objects=n_objects, progress=False)
-    n_empty = int(rng.binomial(batch_size, empty_fraction))
-    if n_empty:
-        for i in rng.choice(batch_size, n_empty, replace=False):
-            scenes[i] = render_scene([], rng, scenes[i].image.shape[0])
-    return stack_images(scenes), presence_labels(scenes), mask_stack(scenes)
+    rng = np.random.default_rng([TRAIN_STREAM, seed, step, 1])
+    size = scenes[0].image.shape[0]
+    for i in np.flatnonzero(rng.random(batch_size) < empty_fraction):
+        scenes[i] = render_scene([], rng, size)
+    images, labels, masks = stack_images(scenes), presence_labels(scenes), mask_stack(scenes)
+    idx = np.flatnonzero(rng.random(batch_size) < clutter_fraction)
+    if idx.size:
+        images[idx] = with_background(images[idx], masks[idx], random_fields(idx.size, size, rng))
+    return images, labels, masks
 
 
-def train_world_detector(steps: int = 1200, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
+def train_world_detector(steps: int = 1000, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
                          device: str = "cpu", widths: Sequence[int] = (16, 32, 64, 96),
                          depths: Sequence[int] = (1, 1, 2, 1), augment_images: bool = True,
-                         empty_fraction: float = 0.05, dense_weight: float = 1.0,
+                         empty_fraction: float = 0.1, clutter_fraction: float = 0.3,
+                         dense_weight: float = 1.0,
+                         n_objects: Sequence[float] | None = TRAIN_OBJECT_WEIGHTS,
                          progress: bool = True) -> tuple[WorldDetector, list[float]]:
     """Train a detector from scratch on fresh renders; returns (model in eval mode, loss per step).
 
@@ -258,14 +297,15 @@ def train_world_detector(steps: int = 1200, batch_size: int = 64, lr: float = 3e
     if steps < 1 or batch_size < 1:
         raise ValueError(f"train_world_detector: steps and batch_size must be >= 1, got {steps}, {batch_size}")
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(stream_seed(TRAIN_STREAM, seed))
     model = WorldDetector(CATEGORIES, widths, depths).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     losses: list[float] = []
     bar = tqdm(range(steps), desc="world detector", disable=not progress)
     for step in bar:
-        images, labels, masks = training_batch(seed, step, batch_size, empty_fraction)
+        images, labels, masks = training_batch(seed, step, batch_size, empty_fraction, clutter_fraction,
+                                               n_objects)
         x = to_input(images)
         if augment_images:
             x = augment(x, gen)
@@ -296,20 +336,37 @@ def per_category_accuracy(probs: np.ndarray, labels: np.ndarray, categories: Seq
 
 
 def evaluate(model: WorldDetector, n: int = 2000, seed: int = 0, n_objects: Sequence[float] | None = None,
-             augment_images: bool = False) -> dict[str, Any]:
-    """Held-out accuracy on ``n`` fresh scenes from the evaluation stream ``[EVAL_STREAM, seed]``:
-    per category, its minimum, and the rate of images whose whole presence vector is right."""
+             augment_images: bool = False, clutter: bool = False) -> dict[str, Any]:
+    """Held-out accuracy on ``n`` fresh scenes from the evaluation stream ``[EVAL_STREAM, seed]``
+    (optionally augmented as in training, or on :func:`random_fields` backgrounds): per category,
+    its minimum, and the rate of images whose whole presence vector is right."""
     scenes = sample_scenes(n, [EVAL_STREAM, seed], n_objects=n_objects, progress=False)
     labels = presence_labels(scenes, model.categories)
+    images = stack_images(scenes)
+    if clutter:
+        fields = random_fields(n, images.shape[1], np.random.default_rng([EVAL_STREAM, seed, 1]))
+        images = with_background(images, mask_stack(scenes, model.categories), fields)
     if augment_images:
-        x = augment(to_input(stack_images(scenes)), torch.Generator().manual_seed(seed))
-        probs = detect(model, x.permute(0, 2, 3, 1))
+        gen = torch.Generator().manual_seed(stream_seed(EVAL_STREAM, seed))
+        probs = detect(model, augment(to_input(images), gen).permute(0, 2, 3, 1))
     else:
-        probs = detect(model, stack_images(scenes))
+        probs = detect(model, images)
     acc = per_category_accuracy(probs, labels, model.categories)
     exact = float(((probs >= 0.5) == (labels >= 0.5)).all(axis=1).mean())
     return {"n": n, "n_objects": None if n_objects is None else list(n_objects),
-            "augmented": augment_images, "per_category": acc, "min": min(acc.values()), "exact_match": exact}
+            "augmented": augment_images, "clutter": clutter, "per_category": acc,
+            "min": min(acc.values()), "exact_match": exact}
+
+
+def false_positive_rate(model: WorldDetector, n: int = 500, seed: int = 0) -> dict[str, float]:
+    """Fraction of object-free images in which anything is detected: blank backgrounds under the
+    training augmentation, and smooth random colour fields (what an untrained generator makes)."""
+    rng = np.random.default_rng([EVAL_STREAM, seed, 2])
+    gen = torch.Generator().manual_seed(stream_seed(EVAL_STREAM, seed, 2))
+    blank = stack_images([render_scene([], rng, model.size) for _ in range(n)])
+    sets = {"blank_augmented": augment(to_input(blank), gen).permute(0, 2, 3, 1),
+            "random_field": random_fields(n, model.size, rng)}
+    return {name: float((detect(model, x) >= 0.5).any(axis=1).mean()) for name, x in sets.items()}
 
 
 def provenance(**fields: Any) -> dict[str, Any]:

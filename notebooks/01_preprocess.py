@@ -1,0 +1,149 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Stage 01 — training data
+#
+# The training records of TokenCompose: images, captions, the nouns of each caption, and a segmentation
+# mask per noun. The `paper` profile downloads the authors' 4,526 COCO records and their images and
+# regenerates the masks with Grounded-SAM (the authors' masks can no longer be downloaded). The `tiny`
+# profile writes a synthetic set with exact masks and runs Grounded-SAM, with small random models, on a
+# couple of its images to exercise that code path; those masks are not meaningful.
+
+# %% tags=["parameters"]
+profile = "tiny"
+source = None            # "synthetic" or "coco"
+root = None              # where records are written (default: the profile's data.root)
+n_images = None          # synthetic records
+limit = None             # coco records to download and segment (None: all 4,526)
+gsam_limit = None        # images sent through Grounded-SAM
+gsam_batch_size = None
+box_threshold = None
+text_threshold = None
+segmenter = None         # "sam" or "sam_hq"
+detector_id = None
+sam_id = None
+pos_tagger = None
+original_masks = None    # folder holding the authors' seg/ masks, for the IoU check
+overrides = None         # any other profile overrides {"section.field": value} (the runner passes these)
+out_dir = None
+
+# %%
+from pathlib import Path
+
+from myst_nb import glue
+
+from reprolib import data, gsam
+from reprolib.config import load_profile, resolve_device
+from reprolib.report import glue_banner, glue_provenance, start_stage
+
+params = dict(profile=profile, source=source, root=root, n_images=n_images, limit=limit, gsam_limit=gsam_limit,
+              gsam_batch_size=gsam_batch_size, box_threshold=box_threshold, text_threshold=text_threshold,
+              segmenter=segmenter, detector_id=detector_id, sam_id=sam_id, pos_tagger=pos_tagger,
+              original_masks=original_masks, out_dir=out_dir)
+P = load_profile(profile, {**(overrides or {}),
+                           **{f"data.{k}": v for k, v in params.items()
+                              if k not in ("profile", "out_dir") and v is not None}})
+prov = start_stage("01", P, {**params, "overrides": overrides})
+out = Path(out_dir or P.data.root)
+device = resolve_device(P)
+glue_banner("data_", P)
+
+# %% [markdown]
+# ## Records and images
+
+# %%
+if P.data.source == "synthetic":
+    train_records = data.training_records(P, out)
+    rows = data.read_metadata(out / data.METADATA)
+    gsam_root = out / "gsam"             # the exact masks stay the training masks
+elif P.data.source == "coco":
+    rows = data.read_metadata(data.fetch_metadata(out / "original_metadata.jsonl"))
+    rows = rows[: P.data.limit] if P.data.limit is not None else rows
+    print(data.download_images([r["file_name"] for r in rows], out))
+    gsam_root = out                      # the regenerated masks are the training masks
+else:
+    raise ValueError(f"data.source must be 'synthetic' or 'coco', got {P.data.source!r}")
+print(f"{len(rows)} records in {out}")
+
+# %% [markdown]
+# ## Nouns
+#
+# Every record already lists its nouns. Re-extracting them from the captions with the profile's tagger
+# (the paper profile: flair's `flair/pos-english`, as the authors) measures how closely that step is
+# reproduced.
+
+# %%
+try:
+    tagger = data.make_tagger(P.data.pos_tagger)
+except (ImportError, OSError) as e:      # flair or its hub model unavailable: the check is skipped
+    tagger = None
+    print(f"noun check skipped: {e}")
+if tagger is not None:
+    nouns = data.noun_agreement(rows, tagger)
+    nouns_summary = data.noun_agreement_summary(nouns)
+    glue("data_nouns", nouns_summary, display=False)
+    display(nouns_summary)
+
+# %% [markdown]
+# ## Grounded-SAM masks
+
+# %%
+model = gsam.load_grounded_sam(P.data.detector_id, P.data.segmenter, P.data.sam_id, device=device,
+                               box_threshold=P.data.box_threshold, text_threshold=P.data.text_threshold,
+                               seed=P.model.seed)
+result = gsam.annotate(rows, out, gsam_root, model, batch_size=P.data.gsam_batch_size, limit=P.data.gsam_limit)
+gsam_records = data.load_records(gsam_root, image_dir=out, check_files=True)
+if P.data.source == "coco":
+    train_records = gsam_records
+print(f"Grounded-SAM: {result.processed} images processed, {result.skipped} already done")
+
+# %% [markdown]
+# ## QA
+
+# %%
+summary = gsam.summary_table({"training records": train_records, "Grounded-SAM output": gsam_records})
+glue("data_summary", summary, display=False)
+display(summary)
+
+# %%
+coverage = gsam.coverage_table(gsam_records, top=20)
+glue("data_coverage", coverage, display=False)
+display(coverage)
+
+# %%
+fig = gsam.qa_figure(train_records, n=8, ncols=4, title="training records")
+glue("data_qa_figure", fig, display=False)
+
+# %%
+fig_gsam = gsam.qa_figure(gsam_records, n=8, ncols=4, title="Grounded-SAM masks")
+glue("data_gsam_figure", fig_gsam, display=False)
+
+# %% [markdown]
+# Regenerated vs reference masks: on the tiny profile the reference is the exact synthetic masks; on the
+# paper profile it is the authors' metadata (which nouns they found a mask for) and, when `original_masks`
+# points at their `seg/` folder, their masks (IoU).
+
+# %%
+if P.data.source == "synthetic":
+    reference, with_iou = train_records, True
+else:
+    ref_root = Path(P.data.original_masks) if P.data.original_masks else out
+    reference = [data.row_to_record(r, ref_root, out) for r in rows]
+    with_iou = P.data.original_masks is not None
+agreement = gsam.iou_summary(gsam.mask_iou_table(gsam_records, reference, iou=with_iou))
+glue("data_agreement", agreement, display=False)
+display(agreement)
+
+# %%
+glue_provenance("data_", prov, out)

@@ -11,7 +11,6 @@ JSON. Run it on the machine whose numbers you report, e.g.::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -53,7 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"median of {args.repeats}:")
     print(f"  plain   {res['plain_s']:.3f} s")
     print(f"  capture {res['capture_s']:.3f} s")
-    print(f"  overhead {100 * res['overhead']:+.1f} %  ({'within' if res['within_budget'] else 'OVER'} the 20 % budget)")
+    verdict = "within" if res["within_budget"] else "OVER"
+    print(f"  overhead {100 * res['overhead']:+.1f} %  ({verdict} the 20 % budget)")
     if args.out:
         atomic_write_json(args.out, res)
         print(f"wrote {args.out}")

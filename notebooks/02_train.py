@@ -32,9 +32,9 @@ lr = None
 token_loss_scale = None       # λ_token (paper: 1e-3; 0 with pixel_loss_scale 0: plain fine-tune)
 pixel_loss_scale = None       # λ_pixel (paper: 5e-5)
 precision = None              # mixed precision of the fast path: "no", "fp16", "bf16"
-batch_size = None             # effective batch = batch_size × grad_accum (paper: 1 × 4)
+batch_size = None             # effective batch = batch_size x grad_accum (paper: 1 x 4)
 grad_accum = None
-faithful = None               # True: fp32, batch 1 × accumulation, VAE at every step (the original)
+faithful = None               # True: fp32, batch 1 x accumulation, VAE at every step (the original)
 gradient_checkpointing = None
 use_ema = None
 checkpointing_steps = None
@@ -46,11 +46,12 @@ out_dir = None
 # %%
 from pathlib import Path
 
+import torch
 from IPython.display import display
 from myst_nb import glue
 
 from reprolib import train as T
-from reprolib.config import load_profile
+from reprolib.config import load_profile, resolve_device
 from reprolib.report import glue_banner, glue_provenance, start_stage
 
 params = dict(steps=steps, lr=lr, token_loss_scale=token_loss_scale, pixel_loss_scale=pixel_loss_scale,
@@ -61,6 +62,8 @@ P = load_profile(profile, {**(overrides or {}), **{f"train.{k}": v for k, v in p
 prov = start_stage("02", P, {**params, "profile": profile, "resume": resume, "overrides": overrides,
                              "out_dir": out_dir})
 out = Path(out_dir or P.train.output_dir)
+if P.is_tiny and resolve_device(P) == "cpu":
+    torch.set_num_threads(1)   # toy-sized kernels: one thread is faster, and far faster on a shared CPU
 glue_banner("train_", P)
 
 # %% [markdown]

@@ -151,7 +151,8 @@ for ckpt in ckpts:
     if ckpt == ckpts[0]:
         overhead = viz.capture_overhead(comps, fig34.prompt, A.layers, A.num_inference_steps, A.guidance_scale,
                                         repeats=overhead_repeats or (1 if P.is_tiny else 3),
-                                        height=P.model.resolution, width=P.model.resolution)
+                                        height=P.model.resolution, width=P.model.resolution,
+                                        warmup=False)           # the model has just generated: warm
     del comps
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -170,7 +171,6 @@ for fig_name, key in (("fig1", "attn_fig1"), ("fig2", "attn_fig2")):
     f = viz.sample_grid(sample_images[fig_name], [sp.prompt for sp in specs], A.seeds)
     atomic_save(out / f"{fig_name}.png", lambda p, f=f: f.savefig(p, format="png", dpi=150, bbox_inches="tight"))
     glue(key, f, display=False)
-    display(f)
 
 # %% [markdown]
 # ## Figs 3–4: per-word maps over the denoising steps
@@ -184,7 +184,6 @@ for group in A.layers:
     f = viz.attention_over_time(records34, words, group, A.timesteps, overlay=True)
     atomic_save(out / f"fig3_4_{group}.png", lambda p, f=f: f.savefig(p, format="png", dpi=100, bbox_inches="tight"))
     glue("attn_fig3_4" if group == A.layers[0] else f"attn_fig3_4_{group}", f, display=False)
-    display(f)
 
 # %% [markdown]
 # ## Attention mass inside each noun's mask
@@ -203,7 +202,6 @@ f_noun = viz.mass_figure(by_noun, facet="noun", palette=palette)
 for name, f in (("mass", f_mass), ("mass_by_noun", f_noun)):
     atomic_save(out / f"{name}.png", lambda p, f=f: f.savefig(p, format="png", dpi=150, bbox_inches="tight"))
     glue(f"attn_{name}", f, display=False)
-    display(f)
 atomic_save(out / "mass_summary.csv", lambda p: summary.to_csv(p, index=False))
 glue("attn_mass_table", overall.round(3), display=False)
 display(overall.round(3))

@@ -37,12 +37,12 @@ seed = None
 precision = None              # "fp16" (official) | "fp32" | "bf16"
 n_qualitative = None          # rows of the qualitative grid (default 4)
 process_record = None         # index (into the edited records) shown in the editing-process figure
+use_trained = True            # add stage 02's exported UNet when it exists
 out_dir = None
 
 # %%
 import gc
 from dataclasses import asdict
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -52,8 +52,9 @@ import torch
 from IPython.display import display
 from myst_nb import glue
 
-from reprolib.config import load_profile, resolve_device
+from reprolib.config import apply_overrides, load_profile, resolve_device
 from reprolib.io import atomic_save
+from reprolib.train import with_trained
 from reprolib.editing import (BLDOptions, checkpoint_components, checkpoint_label, edit_checkpoints,
                               editing_process, load_base, load_image, load_reported_table2, method_label,
                               repo_path, score_checkpoints, table2)
@@ -66,7 +67,9 @@ params = dict(piebench_root=piebench_root, checkpoints=checkpoints, limit=limit,
               blending_start=blending_start, start_from=start_from, blend_noise_at=blend_noise_at,
               seed=seed, precision=precision)
 P = load_profile(profile, {**(overrides or {}), **{f"editing.{k}": v for k, v in params.items() if v is not None}})
-prov = start_stage("05", P, {**params, "overrides": overrides, "n_qualitative": n_qualitative,
+if use_trained:
+    P = apply_overrides(P, {"editing.checkpoints": with_trained(P.editing.checkpoints, P)})
+prov = start_stage("05", P, {**params, "overrides": overrides, "n_qualitative": n_qualitative, "use_trained": use_trained,
                              "process_record": process_record, "out_dir": out_dir})
 E = P.editing
 out = repo_path(out_dir or E.output_dir)

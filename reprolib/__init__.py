@@ -11,14 +11,20 @@ models         SD pipeline parts from hub/folder, UNet swap, tiny random models,
 tokens         noun phrase → token positions in a prompt (as the original training code)
 attention      attention processor that captures cross-attention probabilities; the store
 losses         TokenCompose token loss (Eq. 1) and pixel loss (Eq. 2), batched
-data           training records (metadata.jsonl + masks), COCO download, nouns, Grounded-SAM
+data           training records (metadata.jsonl + masks), COCO download, nouns, the tiny dataset
+gsam           Grounded-SAM (GroundingDINO boxes + SAM / SAM-HQ masks) through transformers
 train          fine-tuning with accelerate (fast and faithful paths), checkpoints, logs
-multigen       MultiGen prompt sets, generation, OWLv2 detection, MG-k scores and statistics
+multigen       MultiGen prompt sets, generation, MG-k scores (original) and statistics (CIs, paired tests)
+detection      OWLv2 (or the miniature world's detector) over generated images, per-image JSON
 viz            per-token attention maps over time, figures
-editing        Blended Latent Diffusion, PIE-Bench loader
+editing        Blended Latent Diffusion (the official script's maths, quirks and switches)
+piebench       PIE-Bench mapping_file.json loader, RLE masks, a synthetic PIE-Bench-format set
 metrics        PIE-Bench metrics (structure distance, PSNR, LPIPS, MSE, SSIM, CLIP)
-miniworld      the procedural world of the tiny profile
-report         provenance, tables and glue helpers for the book
+miniworld      the procedural world of the tiny profile (shapes, captions, exact masks)
+worlddetector  the exact detector of the miniature world (stands in for OWLv2 there)
+miniexp        the miniature replication: base model, TokenCompose vs plain fine-tune, MultiGen-mini
+report         provenance, banners and glue helpers for the book
+runner         the one-command run: stage notebooks with papermill (cached), then the book
 =============  ==============================================================================
 """
 __version__ = "0.1.0"

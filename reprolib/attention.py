@@ -144,10 +144,11 @@ class CaptureAttnProcessor:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
             k = attn.norm_k(k)
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
-        if attention_mask is not None:
-            scores = scores + attention_mask.float()
-        probs = scores.softmax(dim=-1)                       # (batch, heads, H*W, tokens), fp32
+        with torch.autocast(device_type=q.device.type, enabled=False):   # autocast would recast to bf16
+            scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
+            if attention_mask is not None:
+                scores = scores + attention_mask.float()
+            probs = scores.softmax(dim=-1)                   # (batch, heads, H*W, tokens), fp32
         self.store.record(self.group, probs)
         out = torch.matmul(probs.to(v.dtype), v)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)

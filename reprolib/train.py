@@ -37,6 +37,12 @@ Deliberate differences from the original, each with the original behaviour kept 
 * a noun that cannot be found in its caption is skipped and counted (the original asserted).
 * final export: a diffusers UNet folder (safetensors); with EMA the exported weights are the EMA
   weights, as diffusers' example script does.
+
+Artifacts in the output folder: ``checkpoint-N/`` (accelerate state + ``log.csv`` +
+``trainer_state.json``, written to a temporary folder and renamed), ``log.csv`` (one row per
+optimizer step: lr, grad norm, denoise/token/pixel losses, per layer group), ``run_summary.json``,
+``unet/`` (the export), ``cache/`` (VAE posteriors keyed by the records' fingerprint) and
+``logs/`` (TensorBoard, when installed).
 """
 from __future__ import annotations
 
@@ -57,8 +63,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from .attention import install_capture, uninstall_capture
-from .config import Profile, TrainConfig
-from .io import atomic_save, atomic_write_json, atomic_write_text
+from .config import Profile, TrainConfig, resolve_device
+from .io import atomic_save, atomic_write_json
 from .losses import GroundingTargets, grounding_losses, resize_masks
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -93,7 +99,8 @@ def plan_batches(cfg: TrainConfig, num_processes: int = 1) -> BatchPlan:
     """Faithful: batch 1 × accumulation, fp32. Fast: the effective batch in one forward per device.
 
     The effective batch is ``batch_size * grad_accum`` (the authors': 1 × 4) whatever the path, so
-    both paths follow the same optimisation trajectory.
+    both paths follow the same optimisation trajectory. The fast path always caches the VAE
+    posteriors; the faithful one only when ``train.cache_latents`` asks for it.
     """
     if cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise TrainError(f"train.batch_size and train.grad_accum must be >= 1, got {cfg.batch_size}, {cfg.grad_accum}")
@@ -645,6 +652,7 @@ def _prepare(P: Profile, comps, dataset: Dataset, out: Path, epoch_tail: str) ->
     has_tb = importlib.util.find_spec("tensorboard") is not None
     accelerator = Accelerator(
         gradient_accumulation_steps=plan.grad_accum, mixed_precision=plan.mixed_precision,
+        cpu=resolve_device(P) == "cpu",
         log_with="tensorboard" if has_tb else None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
     set_seed(cfg.seed)
@@ -879,3 +887,15 @@ def run_summary(P: Profile, plan: BatchPlan, rows: Sequence[Mapping[str, Any]], 
         "final": {k: v for k, v in last.items() if isinstance(v, (int, float))},
         "hardware": device_info(), "git": git_state(), "settings": dict(fingerprint),
     }
+
+
+def trained_unet(P: Profile) -> Path | None:
+    """Stage 02's exported UNet folder for this profile, if a run has finished (Table 1's 'ours, retrained')."""
+    unet = Path(P.train.output_dir) / "unet"
+    return unet if (unet / "config.json").is_file() else None
+
+
+def with_trained(checkpoints: list[str], P: Profile) -> list[str]:
+    """``checkpoints`` plus stage 02's exported UNet when it exists and is not listed yet."""
+    unet = trained_unet(P)
+    return list(checkpoints) + ([str(unet)] if unet is not None and str(unet) not in checkpoints else [])

@@ -98,3 +98,11 @@ def test_reference_style_capture_of_all_layers(tiny_unet):
         tiny_unet(x, t, e)
     n = sum(len(v) for v in store.maps.values())
     assert n == len(tiny_unet.attn_processors)  # every attention of the UNet, self and cross
+
+
+def test_probabilities_stay_fp32_under_bf16_autocast(tiny_unet):
+    x, t, e = _inputs(1)
+    store = install_capture(tiny_unet, ["mid_4"])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        tiny_unet(x, t, e)
+    assert store.maps["mid_4"][0].dtype == torch.float32

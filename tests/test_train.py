@@ -294,3 +294,17 @@ def test_dataset_items_are_checked(tokenizer, tmp_path):
     with pytest.raises(T.TrainError, match="layer group"):
         T.layer_resolution("upper")
     assert math.isfinite(T.mix_seed("x", 1))
+
+
+def test_benchmark_script_runs_at_tiny_size_on_cpu(capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
+    spec = importlib.util.spec_from_file_location("train_step_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--tiny", "--device", "cpu", "--batch", "2", "--steps", "1", "--warmup", "0"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln[:3] for ln in lines[1:4]] == ["(a)", "(b)", "(c)"] and lines[4].startswith("ratios:")
+    assert out["a"]["batch"] == 1 and out["b"]["batch"] == out["c"]["batch"] == 2
+    assert out["speedup_b_over_a"] > 0 and out["overhead_b_over_c"] > 0

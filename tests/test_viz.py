@@ -177,6 +177,29 @@ def test_sdedit_protocol_scores_scenes_on_their_exact_masks(comps):
         assert chance == pytest.approx(scenes[pid].masks[noun].mean(), rel=1e-5)
 
 
+def test_generated_protocol_scores_found_nouns_and_lists_missing(comps):
+    spec = viz.PromptSpec("a photo of a moon and a cross.", ("moon", "cross"))
+    half = np.zeros((PX, PX), bool)
+    half[: PX // 2] = True
+
+    def segment(image, nouns):                 # stands in for Grounded-SAM: finds the moon only
+        assert image.shape == (PX, PX, 3) and list(nouns) == ["moon", "cross"]
+        return {"moon": half}
+    df, recs, missing = viz.generated_mass(comps, [spec], [7], segment, ["up_32"], STEPS, 7.5, checkpoint="sd14",
+                                           height=PX, width=PX)
+    assert missing == [(0, 7, "cross")] and recs[0].meta["protocol"] == "generated"
+    assert set(df["noun"]) == {"moon"} and len(df) == STEPS and (df["chance"] == 0.5).all()
+
+
+def test_gsam_segmenter_adapts_stage01_interface():
+    class FakeGSAM:
+        def masks_for(self, images, noun_lists):
+            return [{n: np.ones((im.height, im.width), bool) for n in nouns} for im, nouns in zip(images, noun_lists)]
+    out = viz.gsam_segmenter(FakeGSAM())(np.zeros((6, 5, 3), np.uint8), ["cat", "wine glass"])
+    assert set(out) == {"cat", "wine glass"} and out["cat"].shape == (6, 5)
+    assert viz.file_label("runs/tiny/train/unet") == "runs_tiny_train_unet"
+
+
 # --------------------------------------------------------------------------- statistics
 
 def test_bootstrap_ci_edge_cases_and_coverage():
@@ -251,8 +274,11 @@ def test_mass_figure_one_axes_per_facet():
 
 
 def test_capture_overhead_reports_both_timings(comps):
-    out = viz.capture_overhead(comps, "a photo of a star.", ["up_32"], num_inference_steps=1, repeats=1,
-                               height=PX, width=PX)
-    assert out["plain_s"] > 0 and out["capture_s"] > 0
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    out = viz.capture_overhead(comps, "a photo of a star.", ["up_32"], num_inference_steps=1, repeats=2,
+                               height=PX, width=PX, warmup=False)
+    assert len(out["plain_all"]) == len(out["capture_all"]) == 2
+    assert out["plain_s"] == pytest.approx(np.median(out["plain_all"])) and out["capture_s"] > 0
     assert out["overhead"] == pytest.approx(out["capture_s"] / out["plain_s"] - 1)
     assert isinstance(out["within_budget"], bool)
+    assert all(type(p) is AttnProcessor2_0 for p in comps.unet.attn_processors.values())

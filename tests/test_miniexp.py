@@ -1,0 +1,152 @@
+"""The miniature replication: base model folder, arm profiles, MultiGen scorer wiring, a toy end-to-end run."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from reprolib import miniexp
+from reprolib.config import load_profile
+from reprolib.miniworld import CATEGORIES
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "data" / "miniworld" / "base"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_world_base", REPO / "scripts" / "train_world_base.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def random_base(tmp_path_factory) -> Path:
+    """A random base with the shipped layout at toy width, saved as the script saves the real one."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from reprolib.models import clip_tokenizer
+    s = _script()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**dict(s.UNET_CONFIG, block_out_channels=(16, 16, 16, 16), norm_num_groups=8))
+    vae = AutoencoderKL(**dict(s.VAE_CONFIG, block_out_channels=(8, 8, 8)))
+    text = CLIPTextModel(CLIPTextConfig(**s.TEXT_CONFIG))
+    return s.save_pipeline(vae, unet, text, clip_tokenizer(), tmp_path_factory.mktemp("wb") / "base")
+
+
+def test_random_base_has_sd_like_groups(random_base):
+    from reprolib.attention import attention_layers
+    from reprolib.models import load_components
+    comps = load_components(str(random_base))
+    groups = set(attention_layers(comps.unet).values())
+    assert groups == {"down_16", "down_8", "down_4", "mid_2", "up_4", "up_8", "up_16"}
+    assert set(miniexp.BASE_TRAIN_LAYERS) <= groups
+    assert 2 ** (len(comps.vae.config.block_out_channels) - 1) == 4    # 64² images -> 16² latents
+
+
+@pytest.mark.skipif(not (SHIPPED / "unet" / "config.json").is_file(), reason="base model not shipped yet")
+def test_shipped_base_loads_and_generates():
+    from reprolib.models import clip_tokenizer, load_components
+    comps = load_components(str(SHIPPED))
+    assert comps.unet.config.sample_size == 16 and comps.unet.config.cross_attention_dim == 32
+    text = "a photo of a star, a ring, and a heart."
+    assert comps.tokenizer(text).input_ids == clip_tokenizer()(text).input_ids
+    out = comps.pipeline()("a photo of a star.", num_inference_steps=2, guidance_scale=3.0,
+                           generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
+
+
+def test_arm_profiles_differ_only_in_grounding_scales(tmp_path):
+    P = load_profile("tiny")
+    size = miniexp.SIZES["toy"]
+    a = miniexp.arm_profile(P, size, "tokencompose", "/x/base", tmp_path).to_dict()
+    b = miniexp.arm_profile(P, size, "finetune", "/x/base", tmp_path).to_dict()
+    assert a["train"]["token_loss_scale"] == P.train.token_loss_scale > 0
+    assert b["train"]["token_loss_scale"] == 0 and b["train"]["pixel_loss_scale"] == 0
+    for d in (a, b):
+        for k in ("token_loss_scale", "pixel_loss_scale", "output_dir"):
+            d["train"].pop(k)
+    assert a == b
+    assert a["train"]["train_layers"] == list(miniexp.BASE_TRAIN_LAYERS) and a["model"]["pretrained"] == "/x/base"
+    with pytest.raises(miniexp.ExperimentError, match="arm"):
+        miniexp.arm_profile(P, size, "other", "/x/base", tmp_path)
+    with pytest.raises(miniexp.ExperimentError, match="bogus"):
+        miniexp.experiment_size("tiny", bogus=1)
+
+
+def test_world_prompts_fixed_and_distinct():
+    recs = miniexp.world_prompts(20, seed=3)
+    assert recs == miniexp.world_prompts(20, seed=3)
+    for i, r in enumerate(recs):
+        cats = [r[f"obj_{k}_attributes"][0] for k in range(1, 6)]
+        assert r["unique_id"] == i and len(set(cats)) == 5 and set(cats) <= set(CATEGORIES)
+        assert r["text"] == "a photo of a " + ", a ".join(cats[:-1]) + ", and a " + cats[-1] + "."
+
+
+def _dets(records, found: dict[tuple[int, int], int], score: float = 0.9):
+    """Detections where image (p, j) shows the first found[(p, j)] prompt categories at ``score``."""
+    out = {}
+    for (p, j), n in found.items():
+        cats = [records[p][f"obj_{k}_attributes"][0] for k in range(1, 6)]
+        out[f"{p}_{j}"] = {"classes": list(CATEGORIES),
+                           "scores": [score if c in cats[:n] else 0.01 for c in CATEGORIES]}
+    return out
+
+
+def test_scorer_wiring_by_hand():
+    recs = miniexp.world_prompts(2, seed=0)
+    cells = [(p, j) for p in range(2) for j in range(2)]
+    results = {"tokencompose": _dets(recs, {c: 5 for c in cells}),
+               "finetune": _dets(recs, {c: 2 for c in cells}),
+               # 4 found, but at exactly the threshold: MultiGen counts score > threshold only
+               "base": _dets(recs, {c: 4 for c in cells}, score=miniexp.DETECTION_THRESHOLD)}
+    scores, paired, cell_df = miniexp.score_arms(results, recs, images_per_prompt=2, n_boot=50)
+    mg = scores.set_index(["checkpoint", "k"])["mean"]
+    for k in range(1, 6):
+        assert mg["tokencompose", k] == pytest.approx(100.0)
+        assert mg["finetune", k] == pytest.approx(100.0 if k <= 2 else 0.0)
+        assert mg["base", k] == pytest.approx(0.0)
+    d = paired.set_index(["a", "b", "k"])["diff"]
+    assert d["tokencompose", "finetune", 3] == pytest.approx(100.0)
+    assert d["tokencompose", "finetune", 2] == pytest.approx(0.0)
+    assert d["finetune", "base", 1] == pytest.approx(100.0)
+    assert len(cell_df) == 12 and set(cell_df["checkpoint"]) == set(results)
+    table = miniexp.mg_table(scores)
+    assert list(table.columns) == [f"MG{k}" for k in range(1, 6)] and table.loc["finetune", "MG3"].startswith("0.0")
+
+
+def test_detect_set_matches_detector(random_base):
+    from reprolib.miniworld import sample_scenes
+    from reprolib.worlddetector import load_world_detector, present
+    det = load_world_detector()
+    scenes = sample_scenes(3, 5)
+    res = miniexp.detect_set(det, {f"{i}_0": s.image for i, s in enumerate(scenes)})
+    for i, s in enumerate(scenes):
+        r = res[f"{i}_0"]
+        assert r["classes"] == list(det.categories)
+        assert {c for c, p in zip(r["classes"], r["scores"]) if p >= 0.5} == present(det, s.image[None])[0]
+
+
+def test_toy_end_to_end(random_base, tmp_path):
+    P = load_profile("tiny")
+    size = miniexp.experiment_size("toy", gen_batch=2)
+    res = miniexp.run_experiment(P, size, tmp_path, base=random_base, progress=False)
+    assert set(res.scores["checkpoint"]) == set(miniexp.ARMS) and len(res.scores) == 15
+    assert res.scores["mean"].between(0, 100).all()
+    assert len(res.paired) == 15 and set(res.paired["a"]) == {"tokencompose", "finetune"}
+    n_img = size.n_prompts * size.images_per_prompt
+    assert all(len(v) == n_img for v in res.images.values())
+    # same noise for every model: (b) after 2 steps differs from the base, but the images are seeded
+    assert all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for v in res.images.values() for im in v.values())
+    assert "token" in res.train_logs["tokencompose"].columns
+    assert "token" not in res.train_logs["finetune"].columns
+    assert not res.mass.empty and res.mass["mass"].between(0, 1).all()
+    assert set(res.mass["checkpoint"]) == set(miniexp.ARMS)
+    for name in ("scores", "paired", "cells", "mass"):
+        assert isinstance(pd.read_csv(tmp_path / f"world_{name}.csv"), pd.DataFrame)
+    fig = miniexp.mg_curves(res)
+    assert fig.axes

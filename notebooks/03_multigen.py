@@ -135,6 +135,17 @@ glue("mg_table1", table, display=False)
 display(table)
 
 # %% [markdown]
+# ### Verdict per cell
+#
+# Is the reported value inside our 95 % bootstrap interval over prompts? ("consistent"), or outside it
+# ("ours higher" / "ours lower"). Only checkpoints with a reported counterpart get a verdict.
+
+# %%
+verdict = mg.verdicts(res.scores, reported).round(2)
+glue("mg_verdict", verdict, display=False)
+display(verdict)
+
+# %% [markdown]
 # ### Paired comparisons
 #
 # For each pair of checkpoints and each k: the difference in MG_k (points), its paired-bootstrap 95 % CI

@@ -142,6 +142,7 @@ class Profile:
     """Everything a run needs. `tiny` runs on CPU in minutes; `paper` is the original study."""
     name: str = DEFAULT_PROFILE
     device: str = "auto"                  # "auto", "cpu", "cuda", "cuda:1", ...
+    cpu_threads: int | None = None        # torch intra-op threads on CPU (tiny: 1, toy kernels oversubscribe)
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -309,6 +310,13 @@ def load_profile(name: str | None = None, overrides: Mapping[str, Any] | None = 
     merged = dict(overrides or {})
     merged.update(kw)
     return apply_overrides(profile, merged)
+
+
+def apply_runtime(profile: Profile) -> None:
+    """Apply the profile's process-wide runtime settings (CPU thread count)."""
+    if profile.cpu_threads:
+        import torch
+        torch.set_num_threads(profile.cpu_threads)
 
 
 def resolve_device(profile: Profile) -> str:

@@ -1,17 +1,17 @@
 """PIE-Bench metrics, computed as cure-lab/PnPInversion's ``evaluation/evaluate.py`` computes them.
 
-==========================================  =====================================================  ========
-column (the official metric name)          what                                                     paper
-==========================================  =====================================================  ========
-structure_distance                          MSE of DINO ViT-B/8 last-block key self-similarities     ×10³
-psnr_unedit_part                            PSNR of the images × (1 − mask), data range 1            —
-lpips_unedit_part                           LPIPS (SqueezeNet) of the images × (1 − mask), [-1, 1]   ×10³
-mse_unedit_part                             MSE of the images × (1 − mask)                           ×10⁴
-ssim_unedit_part                            SSIM of the images × (1 − mask), data range 1            ×10²
-clip_similarity_source_image                CLIPScore(source image, source prompt)                   —
-clip_similarity_target_image                CLIPScore(edited image, editing prompt)  ("Whole")       —
-clip_similarity_target_image_edit_part      CLIPScore(edited image × mask, editing prompt) ("Edited") —
-==========================================  =====================================================  ========
+==========================================  ============================================================  ========
+column (the official metric name)           what                                                          paper
+==========================================  ============================================================  ========
+structure_distance                          MSE of DINO ViT-B/8 last-block key self-similarities          ×10³
+psnr_unedit_part                            PSNR of the images × (1 − mask), data range 1                 —
+lpips_unedit_part                           LPIPS (SqueezeNet) of the images × (1 − mask), [-1, 1]        ×10³
+mse_unedit_part                             MSE of the images × (1 − mask)                                ×10⁴
+ssim_unedit_part                            SSIM of the images × (1 − mask), data range 1                 ×10²
+clip_similarity_source_image                CLIPScore(source image, source prompt)                        —
+clip_similarity_target_image                CLIPScore(edited image, editing prompt)  ("Whole")            —
+clip_similarity_target_image_edit_part      CLIPScore(edited image × mask, editing prompt) ("Edited")     —
+==========================================  ============================================================  ========
 
 Quirks of the original that are kept (each is documented where it happens):
 

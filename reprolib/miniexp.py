@@ -134,12 +134,16 @@ def training_dataset(root: str | Path, size: ExperimentSize, seed: int, tokenize
 
 
 def finetune(P: Profile, size: ExperimentSize, arm: str, base: str | Path, out_dir: str | Path,
-             progress: bool = True):
-    """Fine-tune one arm from the base (resumable); returns reprolib.train's TrainResult."""
-    from .models import load_components
+             components=None, progress: bool = True):
+    """Fine-tune one arm from the base (resumable); returns reprolib.train's TrainResult.
+
+    ``components``: the base's parts with a DDPM scheduler, to share the frozen VAE/text encoder/
+    tokenizer between arms (the UNet is always loaded fresh from ``base``)."""
+    from .models import load_components, load_unet, swap_unet
     from .train import train
     Q = arm_profile(P, size, arm, base, out_dir)
-    comps = load_components(str(base), scheduler="ddpm")
+    comps = components or load_components(str(base), scheduler="ddpm")
+    comps = swap_unet(comps, load_unet(str(base)))
     ds = training_dataset(Path(out_dir) / "data", size, P.seed, comps.tokenizer)
     return train(Q, ds, Q.train.output_dir, components=comps, progress=progress)
 
@@ -269,14 +273,17 @@ def run_experiment(P: Profile, size: ExperimentSize, out_dir: str | Path, base: 
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     logs, unets = {}, {}
+    from diffusers import PNDMScheduler
+    train_comps = load_components(str(base), scheduler="ddpm")
     for arm in ("tokencompose", "finetune"):
         t0 = time.perf_counter()
-        res = finetune(P, size, arm, base, out, progress)
+        res = finetune(P, size, arm, base, out, train_comps, progress)
         if not res.completed:
             raise ExperimentError(f"fine-tune {arm} did not complete ({res.out_dir})")
         timings[f"train_{arm}_s"] = time.perf_counter() - t0
         logs[arm], unets[arm] = res.log, res.unet_dir
-    base_comps = load_components(str(base))
+    base_comps = replace(train_comps, unet=load_unet(str(base)),
+                         scheduler=PNDMScheduler.from_pretrained(str(base), subfolder="scheduler"))
     models = {"base": base_comps}
     for arm in ("tokencompose", "finetune"):
         models[arm] = swap_unet(base_comps, load_unet(str(unets[arm])))

@@ -611,6 +611,33 @@ def table1(scores: pd.DataFrame, reported: pd.DataFrame | None = None, ks: Seque
     return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
 
 
+def verdicts(scores: pd.DataFrame, reported: pd.DataFrame, ks: Sequence[int] = (2, 3, 4, 5)) -> pd.DataFrame:
+    """Per Table 1 cell: is the reported value inside our 95 % bootstrap interval over prompts?
+
+    For each of our checkpoints that has a reported counterpart (``REPORTED_METHOD``), each prompt set
+    and MG_k: ours (mean and CI), reported (mean), their difference, and a verdict — "consistent" when the
+    reported mean lies inside our interval, "ours higher" / "ours lower" otherwise. The interval covers
+    prompt sampling only, not differences of hardware, precision or software versions.
+    """
+    rows = []
+    for _, r in scores[scores["k"].isin(ks)].iterrows():
+        method = REPORTED_METHOD.get(r["checkpoint"])
+        if method is None:
+            continue
+        rep = reported[(reported["method"] == method) & (reported["prompt_set"] == r["prompt_set"])
+                       & (reported["k"] == r["k"])]
+        if rep.empty:
+            continue
+        rm = float(rep["mean"].iloc[0])
+        verdict = ("consistent" if r["ci_low"] <= rm <= r["ci_high"]
+                   else "ours higher" if r["ci_low"] > rm else "ours lower")
+        rows.append({"checkpoint": r["checkpoint"], "reported as": method, "prompt_set": r["prompt_set"],
+                     "k": int(r["k"]), "ours": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                     "reported": rm, "ours − reported": r["mean"] - rm, "verdict": verdict})
+    return pd.DataFrame(rows, columns=["checkpoint", "reported as", "prompt_set", "k", "ours", "ci_low", "ci_high",
+                                       "reported", "ours − reported", "verdict"])
+
+
 def tidy(scores: pd.DataFrame, paired: pd.DataFrame, reported: pd.DataFrame | None = None) -> pd.DataFrame:
     """Everything in one long table: prompt_set, checkpoint, other, k, statistic, value, source."""
     id_s = ["prompt_set", "checkpoint", "k"]

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Profile
+from .config import Profile, apply_runtime
 from .io import atomic_write_json
 
 PACKAGES = ("reprolib", "torch", "torchvision", "diffusers", "transformers", "accelerate", "torchmetrics",
@@ -70,6 +70,7 @@ class Provenance:
     device: dict[str, Any]
     seeds: dict[str, Any]
     started: str
+    runtime: dict[str, Any] = field(default_factory=dict)
     ended: str | None = None
     duration_s: float | None = None
     _t0: float = field(default=0.0, repr=False)
@@ -89,11 +90,18 @@ class Provenance:
 
 
 def start_stage(stage: str, profile: Profile, parameters: dict[str, Any] | None = None) -> Provenance:
-    """Open the provenance record of a stage run (call right after the parameters cell)."""
+    """Open the provenance record of a stage run (call right after the parameters cell).
+
+    It also applies the profile's runtime settings (:func:`reprolib.config.apply_runtime`), so every
+    stage runs with the thread count its provenance records.
+    """
+    import torch
+    apply_runtime(profile)
     return Provenance(
         stage=stage, profile=profile.name, parameters=dict(parameters or {}), profile_values=profile.to_dict(),
         git=git_state(), packages=package_versions(), device=device_info(),
         seeds={"profile": profile.seed, "model": profile.model.seed, "train": profile.train.seed},
+        runtime={"torch_threads": torch.get_num_threads()},
         started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), _t0=time.time(),
     )
 
@@ -122,7 +130,7 @@ def provenance_table(prov: Provenance):
     rows = [("stage", d["stage"]), ("profile", d["profile"]),
             ("git commit", f"{d['git'].get('sha')}{' (dirty)' if d['git'].get('dirty') else ''}"),
             ("started (UTC)", d["started"]), ("ended (UTC)", d["ended"]), ("duration (s)", d["duration_s"]),
-            ("device", json_compact(d["device"])), ("seeds", json_compact(d["seeds"])),
+            ("device", json_compact(d["device"])), ("seeds", json_compact(d["seeds"])), ("runtime", json_compact(d["runtime"])),
             ("parameters", json_compact(d["parameters"]))]
     rows += [(f"package {k}", v or "not installed") for k, v in d["packages"].items()]
     return pd.DataFrame(rows, columns=["field", "value"]).set_index("field")

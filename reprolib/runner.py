@@ -152,7 +152,7 @@ def build_book(strict: bool = True, book: Path = BOOK) -> Path:
     """``jupyter-book build book`` (warnings are errors when strict); returns the HTML folder."""
     cmd = ["jupyter-book", "build", str(book)]
     if strict:
-        cmd += ["-W", "-n", "--keep-going"]
+        cmd += ["-W", "--keep-going"]
     r = subprocess.run(cmd, cwd=ROOT)
     if r.returncode != 0:
         raise RuntimeError(f"book build failed (exit {r.returncode}): {' '.join(cmd)}")

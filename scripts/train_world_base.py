@@ -187,14 +187,15 @@ def train_base(unet, text, pool: dict[str, torch.Tensor], scale: float, steps: i
                lr: float, seed: int, ckpt: Path, uncond_ids: torch.Tensor, p_uncond: float = 0.1,
                ema_decay: float = 0.995, ckpt_every: int = 100, progress: bool = True):
     """Joint UNet + text-encoder training on the pool; resumable from ``ckpt``; returns (EMA unet, EMA
-    text, losses)."""
+    text, losses, segments). A run resumed with a larger ``steps`` recomputes the cosine schedule for
+    the new total (a warm restart); ``segments`` lists [start step, schedule total] of each part."""
     import copy
     sched = sd14_scheduler("ddpm")
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     lrs = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(min(100, steps // 10 + 1), steps))
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text).eval()
-    start, losses = 0, []
+    start, losses, segments = 0, [], [[0, steps]]
     state = load_state(ckpt)
     if state is not None:
         unet.load_state_dict(state["unet"])
@@ -204,6 +205,9 @@ def train_base(unet, text, pool: dict[str, torch.Tensor], scale: float, steps: i
         opt.load_state_dict(state["opt"])
         lrs.load_state_dict(state["lrs"])
         start, losses = int(state["step"]), list(state["losses"])
+        segments = [list(x) for x in state.get("segments", [[0, start]])]
+        if segments[-1][1] != steps:          # extended run: the LR schedule is recomputed for the new total
+            segments.append([start, steps])
     unet.train(), text.train()
     n = pool["mean"].shape[0]
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="base", disable=not progress)
@@ -237,8 +241,8 @@ def train_base(unet, text, pool: dict[str, torch.Tensor], scale: float, steps: i
             save_state(ckpt, {"unet": unet.state_dict(), "text": text.state_dict(),
                               "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
                               "opt": opt.state_dict(), "lrs": lrs.state_dict(), "step": step + 1,
-                              "losses": losses})
-    return ema_unet, ema_text, losses
+                              "losses": losses, "segments": segments})
+    return ema_unet, ema_text, losses, segments
 
 
 # --------------------------------------------------------------------------- shipping
@@ -346,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     vae.register_to_config(scaling_factor=scale)
     uncond = tokenize(tokenizer, [""])[0]
     t1 = time.perf_counter()
-    ema_unet, ema_text, losses = train_base(unet, text, pool, scale, args.steps, args.batch_size, args.lr,
+    ema_unet, ema_text, losses, segments = train_base(unet, text, pool, scale, args.steps, args.batch_size, args.lr,
                                             args.seed, args.work / "base.pt", uncond)
     base_s = time.perf_counter() - t1
     out = save_pipeline(vae.eval(), ema_unet, ema_text, tokenizer, args.out)
@@ -366,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                 "scaling_factor": scale, "config": VAE_CONFIG},
         "base": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "pool": args.pool,
                  "p_uncond": 0.1, "ema_decay": 0.995, "loss_weighting": "min-snr-5",
+                 "schedule_segments": segments,
                  "final_loss_mean_last_50": float(np.mean(losses[-50:])), "wall_time_s": round(base_s, 1),
                  "unet_config": UNET_CONFIG, "text_config": TEXT_CONFIG,
                  "unet_parameters": sum(p.numel() for p in ema_unet.parameters()),

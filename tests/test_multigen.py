@@ -380,3 +380,23 @@ def test_classic_attention_and_pndm_scheduler():
                                                                      safety_checker=False, attention="classic"), "cpu")
     assert isinstance(pipe.scheduler, PNDMScheduler)                     # SD1.4's default scheduler
     assert all(isinstance(p, AttnProcessor) for p in pipe.unet.attn_processors.values())
+
+
+def test_verdict_per_cell_compares_reported_mean_with_our_interval():
+    import pandas as pd
+    from reprolib.multigen import verdicts
+    scores = pd.DataFrame([
+        dict(prompt_set="coco", checkpoint="sd14", k=2, mean=90.0, std=1.0, ci_low=88.0, ci_high=92.0),
+        dict(prompt_set="coco", checkpoint="sd14", k=3, mean=40.0, std=1.0, ci_low=38.0, ci_high=42.0),
+        dict(prompt_set="coco", checkpoint="tokencompose_a", k=3, mean=80.0, std=1.0, ci_low=78.0, ci_high=82.0),
+        dict(prompt_set="coco", checkpoint="/my/unet", k=3, mean=70.0, std=1.0, ci_low=60.0, ci_high=80.0),
+    ])
+    reported = pd.DataFrame([
+        dict(method="SD 1.4", prompt_set="coco", k=2, mean=90.72, std=1.33),
+        dict(method="SD 1.4", prompt_set="coco", k=3, mean=50.74, std=0.89),
+        dict(method="TokenCompose", prompt_set="coco", k=3, mean=76.16, std=1.04),
+    ])
+    v = verdicts(scores, reported)
+    assert v["verdict"].tolist() == ["consistent", "ours lower", "ours higher"]
+    assert v["ours − reported"].round(2).tolist() == [-0.72, -10.74, 3.84]
+    assert "/my/unet" not in set(v["checkpoint"])          # no reported counterpart: no verdict

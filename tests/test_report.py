@@ -1,0 +1,30 @@
+import json
+
+import torch
+
+from reprolib.config import load_profile
+from reprolib.report import (TINY_BANNER, banner_html, finish_stage, provenance_table, start_stage)
+
+
+def test_provenance_records_what_the_book_shows(tmp_path):
+    P = load_profile("tiny", {"train.steps": 3})
+    prov = start_stage("02", P, {"steps": 3})
+    assert torch.get_num_threads() == P.cpu_threads == 1          # the profile's runtime is applied
+    path = finish_stage(prov, tmp_path)
+    rec = json.loads(path.read_text())
+    assert rec["stage"] == "02" and rec["profile"] == "tiny" and rec["parameters"] == {"steps": 3}
+    assert rec["profile_values"]["train"]["steps"] == 3
+    assert torch.__version__.startswith(rec["packages"]["torch"])
+    assert rec["duration_s"] >= 0 and rec["ended"] >= rec["started"]
+    assert set(rec["git"]) == {"sha", "dirty"} and rec["runtime"] == {"torch_threads": 1}
+    line = prov.short()
+    assert line.startswith("Produced by stage 02, profile tiny, commit ") and "CPU×" in line
+    table = provenance_table(prov)
+    assert table.loc["profile", "value"] == "tiny" and "package diffusers" in table.index
+
+
+def test_banner_says_what_tiny_numbers_are():
+    assert TINY_BANNER in banner_html(load_profile("tiny"))
+    assert "not scientific results" in banner_html(load_profile("tiny"))
+    paper = banner_html(load_profile("paper"))
+    assert "CompVis/stable-diffusion-v1-4" in paper and "not scientific" not in paper

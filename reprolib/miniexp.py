@@ -80,9 +80,9 @@ class ExperimentSize:
 SIZES: Mapping[str, ExperimentSize] = {
     "toy": ExperimentSize(n_train=4, steps=2, batch=2, lr=1e-4, n_prompts=2, images_per_prompt=1,
                           num_inference_steps=2, guidance_scale=5.0, mass_scenes=1, mass_steps=2, n_boot=50),
-    "tiny": ExperimentSize(n_train=240, steps=60, batch=8, lr=1e-4, n_prompts=30, images_per_prompt=4,
+    "tiny": ExperimentSize(n_train=240, steps=100, batch=8, lr=3e-4, n_prompts=30, images_per_prompt=4,
                            num_inference_steps=15, guidance_scale=5.0, mass_scenes=12, mass_steps=10),
-    "long": ExperimentSize(n_train=2000, steps=600, batch=16, lr=1e-4, n_prompts=100, images_per_prompt=8,
+    "long": ExperimentSize(n_train=2000, steps=600, batch=16, lr=3e-4, n_prompts=100, images_per_prompt=8,
                            num_inference_steps=25, guidance_scale=5.0, mass_scenes=40, mass_steps=20,
                            n_boot=2000),
 }

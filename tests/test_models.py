@@ -69,7 +69,9 @@ def test_unknown_checkpoint_names_it(tmp_path):
 
 
 def test_unreachable_hub_id_fails_with_one_line(monkeypatch):
+    import huggingface_hub.constants as hub_constants
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)   # read at import time: patch it too
     with pytest.raises(ModelLoadError) as e:
         models.load_unet("someone/does-not-exist-here", base="CompVis/stable-diffusion-v1-4")
     assert "someone/does-not-exist-here" in str(e.value) and "\n" not in str(e.value)

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -46,7 +48,6 @@ out_dir = None
 # %%
 from pathlib import Path
 
-import torch
 from IPython.display import display
 from myst_nb import glue
 
@@ -62,8 +63,6 @@ P = load_profile(profile, {**(overrides or {}), **{f"train.{k}": v for k, v in p
 prov = start_stage("02", P, {**params, "profile": profile, "resume": resume, "overrides": overrides,
                              "out_dir": out_dir})
 out = Path(out_dir or P.train.output_dir)
-if P.is_tiny and resolve_device(P) == "cpu":
-    torch.set_num_threads(1)   # toy-sized kernels: one thread is faster, and far faster on a shared CPU
 glue_banner("train_", P)
 
 # %% [markdown]

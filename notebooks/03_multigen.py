@@ -49,7 +49,6 @@ overrides = None            # any other profile overrides {"section.field": valu
 out_dir = None
 
 # %%
-import torch
 from IPython.display import display
 from myst_nb import glue
 
@@ -71,8 +70,6 @@ prov = start_stage("03", P, {"profile": profile, **params, "use_trained": use_tr
 M = P.multigen
 paths = mg.stage_paths(P)
 device = resolve_device(P)
-if P.is_tiny and device == "cpu":
-    torch.set_num_threads(1)   # toy-sized kernels: one thread is faster, and far faster on a shared CPU
 glue_banner("mg_", P)
 print(f"checkpoints: {M.checkpoints}; {M.images_per_prompt} images per prompt; {M.num_inference_steps} steps; "
       f"precision {'fp32 (faithful)' if M.faithful else M.precision}; artifacts in {paths.root}")

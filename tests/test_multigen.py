@@ -17,14 +17,6 @@ from reprolib.models import ModelLoadError
 CATS = ["apple", "bear", "cake", "dog", "egg"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Toy-sized kernels run faster on one thread, and much faster when the CPU is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def rec(pid: int, cats=CATS) -> dict:
     return mg.make_record(pid, cats)

@@ -33,14 +33,6 @@ CAPTIONS = [("a photo of a cat and a dog", ["cat", "dog"]), ("a red star above a
             ("two arrows and a heart", ["arrows", "heart"]), ("a diamond next to a cross", ["diamond", "cross"])]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads make backward ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @functools.lru_cache(maxsize=1)
 def _micro_parts(seed: int = 0):

@@ -20,12 +20,9 @@ PX = 32            # 32² images, 16² latents: 4x cheaper than the tiny models'
 
 @pytest.fixture(scope="module")
 def comps():
-    """Tiny models with DDIM; one intra-op thread, since on a shared 2-core box two threads spin (6x slower)."""
+    """Tiny models with DDIM (conftest runs the tests on one intra-op thread)."""
     from reprolib.models import load_components
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_components("tiny", seed=0, scheduler="ddim")
-    torch.set_num_threads(threads)
+    return load_components("tiny", seed=0, scheduler="ddim")
 
 
 def _softmax_maps(steps=3, side=4, seed=0) -> np.ndarray:

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -60,8 +62,7 @@ from myst_nb import glue
 
 from reprolib import miniexp
 from reprolib.config import load_profile
-from IPython.display import HTML
-from reprolib.report import glue_provenance, start_stage
+from reprolib.report import glue_banner, glue_provenance, start_stage, world_banner_html
 
 if threads:
     torch.set_num_threads(int(threads))
@@ -75,16 +76,23 @@ size = miniexp.experiment_size(experiment, steps=steps, n_prompts=n_prompts, ima
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
 prov = start_stage("06", P, params)
 out = Path(out_dir or Path(P.train.output_dir).parent / "miniworld")
-# This stage's numbers come from a model trained from scratch in the miniworld (not the tiny profile's random
-# models), so it states that in its own banner (same style as reprolib.report.banner_html).
-banner = HTML('<div class="repro-banner tiny"><strong>Miniature world.</strong> A small text-to-image model '
-              'trained from scratch on CPU on synthetic shapes, fine-tuned for minutes: these numbers test '
-              'whether TokenCompose\'s mechanism helps composition in a toy world, not what it does for '
-              'Stable Diffusion.</div>')
-display(banner)
-glue("world_banner", banner, display=False)
+glue_banner("world_", P, world_banner_html())   # trained in the world, not random: its own banner
 print(prov.short())
 pd.DataFrame([size.__dict__]).T.rename(columns={0: "value"})
+
+# %% [markdown]
+# ## The base model's sanity check
+#
+# Recorded by `scripts/train_world_base.py` when the base was made (world detector on its samples).
+# If the base cannot draw single shapes, MultiGen-mini cannot show a composition effect, whatever the
+# fine-tunes do: read the results below in that light. In particular, a high MG1 next to a low
+# single-object rate means the detector fires on generated blobs unlike anything it was trained on
+# (false positives), so MG-k then measures the detector rather than composition.
+
+# %%
+check = miniexp.base_check(base or miniexp.BASE_DIR)
+glue("world_base_check", check, display=False)
+display(check)
 
 # %% [markdown]
 # ## Run: two fine-tunes, MultiGen-mini, attention mass

@@ -310,6 +310,24 @@ def run_experiment(P: Profile, size: ExperimentSize, out_dir: str | Path, base: 
     return ExperimentResult(scores, paired, cells, mass, records, images, logs, timings, size, out, meta)
 
 
+def base_check(base: str | Path = BASE_DIR) -> pd.DataFrame:
+    """The base's recorded sanity check (``<base>.json`` written by the training script): can it draw
+    the shape it is asked for, and how many of five does it draw? Empty when no record exists."""
+    import json
+    path = Path(base).with_name(Path(base).name + ".json")
+    if not path.is_file():
+        return pd.DataFrame(columns=["value"])
+    rec = json.loads(path.read_text())
+    chk = rec.get("sample_check", {})
+    rows = {"training steps (UNet)": rec.get("base", {}).get("steps"),
+            "training wall time (s)": rec.get("train_wall_time_s"),
+            "single-object prompts: shape found": chk.get("single_object_found"),
+            "single-object prompts: only that shape": chk.get("single_object_exact"),
+            "five-object prompts: mean shapes found": chk.get("five_object_mean_found"),
+            "images (single / five)": f"{chk.get('images_single')} / {chk.get('images_five')}"}
+    return pd.DataFrame({"value": rows})
+
+
 # --------------------------------------------------------------------------- figures
 
 def sample_grid(result: ExperimentResult, n_prompts: int = 4, index: int = 0):

@@ -231,6 +231,18 @@ def _from_pretrained(cls, source: str, subfolder: str | None = None, **kw):
         raise ModelLoadError(f"cannot load {cls.__name__} from {where}: {first}") from None
 
 
+def _local_or_hub_tokenizer(source: str):
+    """The folder's tokenizer; a local folder without ``tokenizer/`` uses SD1.4's (rebuilt offline).
+
+    Our own small models (e.g. the miniature world's base) are trained with SD1.4's exact tokenizer, so
+    their folders need not carry a 3.5 MB copy of its vocabulary.
+    """
+    from transformers import CLIPTokenizer
+    if Path(source).is_dir() and not (Path(source) / "tokenizer").is_dir():
+        return clip_tokenizer()
+    return _from_pretrained(CLIPTokenizer, source, "tokenizer")
+
+
 def load_components(pretrained: str = "tiny", seed: int = 0, dtype: torch.dtype | None = None,
                     scheduler: str = "pndm") -> Components:
     """Load an SD pipeline's parts from a hub id or diffusers folder, or build the tiny random ones."""
@@ -248,7 +260,7 @@ def load_components(pretrained: str = "tiny", seed: int = 0, dtype: torch.dtype 
         unet=_from_pretrained(UNet2DConditionModel, source, "unet", **kw),
         vae=_from_pretrained(AutoencoderKL, source, "vae", **kw),
         text_encoder=_from_pretrained(CLIPTextModel, source, "text_encoder", **kw),
-        tokenizer=_from_pretrained(CLIPTokenizer, source, "tokenizer"),
+        tokenizer=_local_or_hub_tokenizer(source),
         scheduler=_from_pretrained(sched_cls, source, "scheduler"),
         source=source,
     )

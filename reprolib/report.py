@@ -21,6 +21,9 @@ from .io import atomic_write_json
 
 PACKAGES = ("reprolib", "torch", "torchvision", "diffusers", "transformers", "accelerate", "torchmetrics",
             "safetensors", "numpy", "pandas", "papermill", "jupyter-book")
+WORLD_BANNER = ("A small text-to-image model trained from scratch on CPU on synthetic shapes, fine-tuned for "
+                "minutes: these numbers test whether TokenCompose's mechanism helps composition in a toy world, "
+                "not what it does for Stable Diffusion.")
 TINY_BANNER = ("Tiny profile: these numbers come from small random-initialised models on CPU. They check "
                "that the pipeline runs end to end; they are not scientific results.")
 
@@ -141,11 +144,16 @@ def json_compact(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
-def glue_banner(prefix: str, profile: Profile) -> None:
-    """Glue ``<prefix>banner`` (HTML) and display it at the top of the executed notebook too."""
+def world_banner_html() -> str:
+    """The banner of the miniature-world stage, whose model is trained, not random."""
+    return f'<div class="repro-banner tiny"><strong>Miniature world.</strong> {WORLD_BANNER}</div>'
+
+
+def glue_banner(prefix: str, profile: Profile, html: str | None = None) -> None:
+    """Glue ``<prefix>banner`` (HTML; the profile's unless given) and display it in the executed notebook too."""
     from IPython.display import HTML, display
     from myst_nb import glue
-    html = HTML(banner_html(profile))
+    html = HTML(html or banner_html(profile))
     display(html)
     glue(f"{prefix}banner", html, display=False)
 

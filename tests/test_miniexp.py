@@ -150,3 +150,15 @@ def test_toy_end_to_end(random_base, tmp_path):
         assert isinstance(pd.read_csv(tmp_path / f"world_{name}.csv"), pd.DataFrame)
     fig = miniexp.mg_curves(res)
     assert fig.axes
+
+
+def test_base_check_reads_record(tmp_path):
+    import json
+    (tmp_path / "base.json").write_text(json.dumps({
+        "base": {"steps": 7}, "train_wall_time_s": 1.5,
+        "sample_check": {"single_object_found": 0.25, "single_object_exact": 0.125,
+                         "five_object_mean_found": 2.5, "images_single": 40, "images_five": 10}}))
+    t = miniexp.base_check(tmp_path / "base")["value"]
+    assert t["training steps (UNet)"] == 7 and t["single-object prompts: shape found"] == 0.25
+    assert t["images (single / five)"] == "40 / 10"
+    assert miniexp.base_check(tmp_path / "missing").empty

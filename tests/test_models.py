@@ -83,3 +83,12 @@ def test_tiny_pipeline_generates_an_image():
     img = pipe("a photo of a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                output_type="np").images[0]
     assert img.shape == (64, 64, 3) and 0 <= img.min() and img.max() <= 1
+
+
+def test_local_pipeline_folder_without_tokenizer_uses_sd14_tokenizer(tmp_path):
+    c = models.load_components("tiny")
+    for name in ("unet", "vae", "text_encoder", "scheduler"):
+        getattr(c, name).save_pretrained(tmp_path / name)
+    loaded = models.load_components(str(tmp_path))
+    assert loaded.tokenizer is models.clip_tokenizer()
+    assert torch.equal(loaded.unet.conv_in.weight, c.unet.conv_in.weight)

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "book" / "_build" / "html"
 SHOTS = ROOT / "build" / "screenshots"
 REQUIRED = os.environ.get("REPROLIB_REQUIRE_BOOK") == "1"
-PAGES = {"index.html": 0, "multigen.html": 1, "attention.html": 1, "editing.html": 1}   # page: min figures
+PAGES = {"index.html": 0, "multigen.html": 1, "attention.html": 1, "editing.html": 1,
+         "miniworld.html": 1, "usability.html": 1}   # page: min figures
 
 
 def _need(cond: bool, why: str) -> None:

@@ -34,7 +34,7 @@ lr = None
 token_loss_scale = None       # λ_token (paper: 1e-3; 0 with pixel_loss_scale 0: plain fine-tune)
 pixel_loss_scale = None       # λ_pixel (paper: 5e-5)
 precision = None              # mixed precision of the fast path: "no", "fp16", "bf16"
-batch_size = None             # effective batch = batch_size x grad_accum (paper: 1 x 4)
+batch_size = None             # effective batch: batch_size x grad_accum (paper: 1 x 4)
 grad_accum = None
 faithful = None               # True: fp32, batch 1 x accumulation, VAE at every step (the original)
 gradient_checkpointing = None

@@ -105,8 +105,13 @@ def run_stages(profile: str = "tiny", overrides: Mapping[str, Any] | None = None
                force: bool = False, stage_dir: Path = STAGE_DIR, notebooks: Path = NOTEBOOKS,
                kernel: str = "python3", log=print) -> list[tuple[str, str]]:
     """Execute the stages; returns ``[(stage, "ran"|"cached")]``. Raises :class:`StageFailed`."""
+    import os
+
     import papermill as pm
 
+    # A kernel started with MPLBACKEND=Agg never gets the inline backend, so its figures carry no PNG
+    # and glue pastes nothing into the book: the stage kernels always use the inline backend.
+    os.environ.pop("MPLBACKEND", None)
     overrides = dict(overrides or {})
     load_profile(profile, overrides)                     # fail fast on a bad profile or override
     stages = discover_stages(notebooks)

@@ -82,3 +82,17 @@ def test_params_parsing(tmp_path):
     assert load_profile("tiny", parsed).train.lr == 1e-4      # YAML keeps 1e-4 as text; the profile types it
     with pytest.raises(FileNotFoundError, match="params file not found: nope.yaml"):
         runner.parse_params(None, "nope.yaml")
+
+
+def test_glued_figures_carry_png_even_with_mplbackend_agg(tmp_path, monkeypatch):
+    """MPLBACKEND=Agg in the caller's environment must not strip the PNGs the book glues."""
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    _notebook(nbs / "01_fig.ipynb", "import matplotlib.pyplot as plt\nfrom myst_nb import glue\n"
+                                    "fig, ax = plt.subplots()\nax.plot([0, 1])\nglue('x_fig', fig, display=False)")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    runner.run_stages("tiny", {}, notebooks=nbs, stage_dir=tmp_path / "out", log=lambda *_: None)
+    nb = nbformat.read(str(tmp_path / "out" / "01_fig.ipynb"), as_version=4)
+    glued = [o for c in nb.cells for o in c.get("outputs", [])
+             if o.get("metadata", {}).get("scrapbook", {}).get("name") == "x_fig"]
+    assert glued and any("image/png" in k for k in glued[0]["data"])

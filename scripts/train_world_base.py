@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reprolib.io import atomic_save, atomic_write_json, sha256_file  # noqa: E402
 from reprolib.miniworld import CATEGORIES, caption_for, sample_scenes, stack_images  # noqa: E402
-from reprolib.models import clip_tokenizer, sd14_scheduler  # noqa: E402
+from reprolib.models import TINY_TEXT, TINY_UNET, clip_tokenizer, sd14_scheduler  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "data" / "miniworld" / "base"
@@ -66,18 +66,10 @@ VAE_CONFIG = dict(
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
     layers_per_block=1, norm_num_groups=8, sample_size=64,
 )
-UNET_CONFIG = dict(
-    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-    block_out_channels=(32, 64, 64, 64),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32, attention_head_dim=4, norm_num_groups=16,
-)
-TEXT_CONFIG = dict(
-    vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-    max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    projection_dim=32,
-)
+# The tiny profile's UNet layout (SD1.4's blocks) at 16² latents and a little wider; the text encoder is
+# the tiny profile's exactly.
+UNET_CONFIG = {**TINY_UNET, "sample_size": 16, "block_out_channels": (32, 64, 64, 64), "norm_num_groups": 16}
+TEXT_CONFIG = dict(TINY_TEXT)
 
 
 # --------------------------------------------------------------------------- data

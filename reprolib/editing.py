@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .io import atomic_save, atomic_write_json
+from .io import atomic_save, atomic_write_json, repo_path
 
 #: SD1.x latent scaling factor, hard-coded in the official script.
 LATENT_SCALE = 0.18215
@@ -291,17 +291,10 @@ def blended_latent_diffusion(components, image: np.ndarray, mask: np.ndarray, pr
 
 # --------------------------------------------------------------------------- checkpoints and runs
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Row names of our checkpoints in Table 2.
 METHOD_LABELS = {"sd14": "BLD + SD1.4", "tokencompose_a": "BLD + TokenCompose (A)",
                  "tokencompose_b": "BLD + TokenCompose (B)"}
-
-
-def repo_path(p: str | Path) -> Path:
-    """Absolute paths stay; relative ones are taken from the repository root (not the notebook's cwd)."""
-    p = Path(p).expanduser()
-    return p if p.is_absolute() else REPO_ROOT / p
 
 
 def checkpoint_label(name: str) -> str:

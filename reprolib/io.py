@@ -16,6 +16,15 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def repo_path(p: str | os.PathLike) -> Path:
+    """Absolute paths stay; relative ones are taken from the repository root (not the notebook's cwd)."""
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
 class ChecksumError(RuntimeError):
     """A downloaded or local file does not have the expected sha256."""
 

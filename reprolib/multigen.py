@@ -41,10 +41,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Profile, resolve_device
-from .io import ChecksumError, atomic_save, atomic_write_json, download
+from .io import REPO_ROOT, ChecksumError, atomic_save, atomic_write_json, download, repo_path
 from .models import CHECKPOINTS, ModelLoadError, SD14, load_checkpoint_components, resolve_checkpoint
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data" / "multigen"
 MIRROR_ENV = "REPROLIB_MULTIGEN_MIRROR"
 NUM_INS = 5                                   # categories per MultiGen prompt
@@ -57,12 +56,6 @@ REPORTED_METHOD = {"sd14": "SD 1.4", "tokencompose_a": "TokenCompose", "tokencom
 
 class MultiGenError(ValueError):
     """Bad MultiGen input: a prompt file, record, category list or checkpoint; the message names it."""
-
-
-def repo_path(p: str | os.PathLike) -> Path:
-    """Absolute paths stay; relative ones are taken from the repository root (not the notebook's cwd)."""
-    p = Path(p).expanduser()
-    return p if p.is_absolute() else REPO_ROOT / p
 
 
 # =========================================================================== prompt sets

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -17,8 +19,8 @@
 # The training records of TokenCompose: images, captions, the nouns of each caption, and a segmentation
 # mask per noun. The `paper` profile downloads the authors' 4,526 COCO records and their images and
 # regenerates the masks with Grounded-SAM (the authors' masks can no longer be downloaded). The `tiny`
-# profile writes a synthetic set with exact masks and runs Grounded-SAM, with small random models, on a
-# couple of its images to exercise that code path; those masks are not meaningful.
+# profile writes miniature-world scenes (`reprolib.miniworld`) with exact masks and runs Grounded-SAM, with
+# small random models, on a couple of its images to exercise that code path; those masks are not meaningful.
 
 # %% tags=["parameters"]
 profile = "tiny"

@@ -24,8 +24,9 @@
 # runs the original fp32, batch 1 × 4 accumulation instead (same maths, tested). Setting both λ to 0
 # gives the plain fine-tuning control. Runs resume from the latest checkpoint in the output folder.
 #
-# The `tiny` profile trains a small random UNet for a couple of dozen steps on CPU: its curves only show
-# that the pipeline runs end to end.
+# The `tiny` profile fine-tunes the miniature world's base (`data/miniworld/base`) for a couple of dozen
+# steps on CPU on world scenes with exact masks (layers mid_2, up_4/8/16: the world UNet's analogues of
+# SD1.4's): its curves show that the pipeline runs end to end; stage 06 runs the controlled experiment.
 
 # %% tags=["parameters"]
 profile = "tiny"

@@ -86,6 +86,7 @@ if fallback:
     print("NOTE: at least one official prompt file was unavailable; its prompts were sampled instead.")
 glue("mg_prompt_sources", "; ".join(ps.describe() for ps in sets.values()), display=False)
 glue("mg_fallback", fallback, display=False)
+glue("mg_detector", f"{M.detector_id}, a category counts above {M.detection_threshold}", display=False)
 
 # %% [markdown]
 # ## Generation

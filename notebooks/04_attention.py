@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -32,9 +34,9 @@
 #   final image with Grounded-SAM (stage 01's models). Nouns the segmenter does not find cannot be
 #   scored; their count is reported.
 #
-# On the tiny profile the aliases `sd14` and `tokencompose_a` are small random UNets with different
-# seeds, and stage 02's fine-tuned UNet is added when its export exists (`use_trained`): the figures
-# check the pipeline, they say nothing about TokenCompose.
+# On the tiny profile the checkpoint `base` is the miniature world's base model and stage 02's
+# fine-tuned UNet is added when its export exists (`use_trained`): the figures show a toy model in a toy
+# world and check the pipeline; they say nothing about TokenCompose on SD1.4.
 
 # %% tags=["parameters"]
 profile = "tiny"

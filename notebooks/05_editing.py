@@ -19,7 +19,8 @@
 # Local edits with Blended Latent Diffusion (the diffusers script the PIE-Bench authors ran, quirks kept:
 # see `reprolib.editing`), once with SD1.4's UNet and once with a TokenCompose UNet plugged into the same
 # pipeline, scored with PIE-Bench's metrics (`reprolib.metrics`). The `tiny` profile edits a small
-# synthetic PIE-Bench-format set with random models: its numbers check the pipeline, nothing more.
+# synthetic PIE-Bench-format set with the miniature world's base and stage 02's fine-tune (random models
+# for the metrics): its numbers check the pipeline, nothing more.
 
 # %% tags=["parameters"]
 profile = "tiny"

@@ -153,8 +153,14 @@ class Profile:
 
     @property
     def is_tiny(self) -> bool:
-        """True when numbers come from small random models (pipeline checks, not science)."""
-        return self.model.pretrained == "tiny"
+        """True when numbers come from small models built or trained here (random ``tiny`` or the
+        ``miniworld`` base): pipeline checks and toy-world numbers, not results about SD1.4."""
+        return self.model.pretrained in ("tiny", "miniworld")
+
+    @property
+    def is_world(self) -> bool:
+        """True when the model is the miniature world's base (the tiny profile's default)."""
+        return self.model.pretrained == "miniworld"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

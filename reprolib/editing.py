@@ -48,6 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .io import atomic_save, atomic_write_json, repo_path
+from .models import checkpoint_label
 
 #: SD1.x latent scaling factor, hard-coded in the official script.
 LATENT_SCALE = 0.18215
@@ -295,17 +296,6 @@ def blended_latent_diffusion(components, image: np.ndarray, mask: np.ndarray, pr
 #: Row names of our checkpoints in Table 2.
 METHOD_LABELS = {"sd14": "BLD + SD1.4", "tokencompose_a": "BLD + TokenCompose (A)",
                  "tokencompose_b": "BLD + TokenCompose (B)"}
-
-
-def checkpoint_label(name: str) -> str:
-    """Folder-safe name of a checkpoint: aliases as they are, hub ids with ``--``, folders by their name."""
-    from .models import CHECKPOINTS
-    if name in CHECKPOINTS:
-        return name
-    p = repo_path(name)
-    if p.exists():
-        return "local-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in p.resolve().name)
-    return name.replace("/", "--")
 
 
 def method_label(name: str) -> str:

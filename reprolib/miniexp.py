@@ -40,9 +40,10 @@ from tqdm.auto import tqdm
 from .config import Profile, apply_overrides
 from .io import atomic_save, atomic_write_json
 from .miniworld import CATEGORIES, sample_scenes
+from .models import WORLD_BASE_DIR
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BASE_DIR = REPO_ROOT / "data" / "miniworld" / "base"
+#: The shipped world base (``model.pretrained: miniworld``).
+BASE_DIR = WORLD_BASE_DIR
 #: The three models compared, in table order.
 ARMS = ("base", "tokencompose", "finetune")
 #: Groups the base UNet's fine-tunes train: mid + up (SD1.4: mid_8, up_16/32/64).

@@ -18,9 +18,14 @@ from typing import Any
 
 import torch
 
-from .io import atomic_write_text
+from .io import REPO_ROOT, atomic_write_text
 
 SD14 = "CompVis/stable-diffusion-v1-4"
+#: ``model.pretrained`` alias of the miniature world's shipped base model (the tiny profile's default).
+WORLD = "miniworld"
+WORLD_BASE_DIR = REPO_ROOT / "data" / "miniworld" / "base"
+#: Checkpoint alias of the pretrained model's own UNet, whatever the base (SD1.4, the world base, tiny).
+BASE = "base"
 
 #: Checkpoint aliases understood everywhere a checkpoint is named.
 CHECKPOINTS: dict[str, str] = {
@@ -211,6 +216,7 @@ def check_source(source: str) -> str:
     """Validate a hub id or local folder; raise one line naming it when it cannot be what it claims."""
     if not isinstance(source, str) or not source:
         raise ModelLoadError(f"model id or path is empty: {source!r}")
+    source = resolve_pretrained(source)
     p = Path(source).expanduser()
     if p.exists():
         if not p.is_dir():
@@ -243,9 +249,16 @@ def _local_or_hub_tokenizer(source: str):
     return _from_pretrained(CLIPTokenizer, source, "tokenizer")
 
 
+def resolve_pretrained(pretrained: str) -> str:
+    """``miniworld`` → the shipped world base folder; anything else unchanged."""
+    return str(WORLD_BASE_DIR) if pretrained == WORLD else pretrained
+
+
 def load_components(pretrained: str = "tiny", seed: int = 0, dtype: torch.dtype | None = None,
                     scheduler: str = "pndm") -> Components:
-    """Load an SD pipeline's parts from a hub id or diffusers folder, or build the tiny random ones."""
+    """Load an SD pipeline's parts from a hub id or diffusers folder (``miniworld``: the world base),
+    or build the tiny random ones."""
+    pretrained = resolve_pretrained(pretrained)
     if pretrained == "tiny":
         comps = Components(tiny_unet(seed), tiny_vae(seed), tiny_text_encoder(seed), clip_tokenizer(),
                            sd14_scheduler(scheduler), "tiny")
@@ -267,14 +280,47 @@ def load_components(pretrained: str = "tiny", seed: int = 0, dtype: torch.dtype 
 
 
 def resolve_checkpoint(name: str) -> str:
-    """Alias (``sd14``, ``tokencompose_a``, ``tokencompose_b``), hub id or local folder → hub id or path."""
+    """Alias (``sd14``, ``tokencompose_a``, ``tokencompose_b``), hub id or local folder → hub id or path;
+    ``base`` (the pretrained model's own UNet) stays ``base``."""
+    if name == BASE:
+        return BASE
     if name in CHECKPOINTS:
         return CHECKPOINTS[name]
     try:
         return check_source(name)
     except ModelLoadError:
         raise ModelLoadError(
-            f"unknown checkpoint {name!r}: not an alias ({', '.join(CHECKPOINTS)}), hub id or existing folder") from None
+            f"unknown checkpoint {name!r}: not an alias ({', '.join([BASE, *CHECKPOINTS])}), hub id or existing folder") from None
+
+
+def weights_identity(pretrained: str, limit_bytes: int = 256 * 2**20) -> dict[str, str]:
+    """What a local model folder's weights are, so a resumed fine-tune cannot silently continue from
+    another model saved at the same path: sha256 of each ``*.safetensors`` file up to ``limit_bytes``
+    (larger ones: their size). Hub ids and ``tiny`` are identified by name (and revision) elsewhere."""
+    import hashlib
+    root = Path(resolve_pretrained(pretrained)).expanduser()
+    if not root.is_dir():
+        return {}
+    out = {}
+    for f in sorted(root.rglob("*.safetensors")):
+        size = f.stat().st_size
+        if size > limit_bytes:
+            out[str(f.relative_to(root))] = f"size:{size}"
+        else:
+            out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def checkpoint_label(name: str) -> str:
+    """A folder-safe name of a checkpoint: aliases as they are, local folders ``local-<folder name>``
+    (relative paths from the repo root), hub ids with ``--`` for ``/``."""
+    from .io import repo_path
+    if name == BASE or name in CHECKPOINTS:
+        return name
+    p = repo_path(name)
+    if p.exists():
+        return "local-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in p.resolve().name)
+    return name.replace("/", "--")
 
 
 def _unet_subfolder(path: Path) -> str | None:
@@ -294,6 +340,9 @@ def load_unet(checkpoint: str, base: str = "tiny", seed: int = 0, dtype: torch.d
     """
     from diffusers import UNet2DConditionModel
 
+    base = resolve_pretrained(base)
+    if checkpoint == BASE:
+        checkpoint = "sd14" if base == "tiny" else base
     if base == "tiny" and (checkpoint in CHECKPOINTS):
         unet = tiny_unet(seed if checkpoint == "sd14" else _seed_of(checkpoint, seed))
         return unet if dtype is None else unet.to(dtype=dtype)
@@ -315,6 +364,6 @@ def load_checkpoint_components(checkpoint: str, base: str = "tiny", seed: int = 
                                dtype: torch.dtype | None = None, scheduler: str = "pndm") -> Components:
     """Base pipeline parts with the UNet of `checkpoint` plugged in."""
     comps = load_components(base, seed=seed, dtype=dtype, scheduler=scheduler)
-    if checkpoint == "sd14" and base in ("tiny", SD14):
+    if checkpoint == BASE or (checkpoint == "sd14" and base in ("tiny", SD14)):
         return comps
     return swap_unet(comps, load_unet(checkpoint, base=base, seed=seed, dtype=dtype))

@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 
 from .config import Profile, resolve_device
 from .io import REPO_ROOT, ChecksumError, atomic_save, atomic_write_json, download, repo_path
-from .models import CHECKPOINTS, ModelLoadError, SD14, load_checkpoint_components, resolve_checkpoint
+from .models import (CHECKPOINTS, WORLD, ModelLoadError, SD14, checkpoint_label, load_checkpoint_components,
+                     resolve_checkpoint)
 
 DATA_DIR = REPO_ROOT / "data" / "multigen"
 MIRROR_ENV = "REPROLIB_MULTIGEN_MIRROR"
@@ -254,16 +255,6 @@ def image_generator(prompt_id: int, index: int, base_seed: int = 0) -> torch.Gen
     return torch.Generator("cpu").manual_seed(image_seed(prompt_id, index, base_seed))
 
 
-def checkpoint_label(name: str) -> str:
-    """A folder-safe name: aliases as they are, hub ids with ``--``, local folders by their name."""
-    if name in CHECKPOINTS or name == ATTEND_AND_EXCITE:
-        return name
-    p = Path(name).expanduser()
-    if p.exists():
-        return "local-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in p.resolve().name)
-    return name.replace("/", "--")
-
-
 def check_checkpoint(name: str) -> str:
     """Validate a checkpoint name up front; raise one line naming it (alias, hub id, UNet folder, A&E)."""
     if name == ATTEND_AND_EXCITE:
@@ -310,7 +301,7 @@ def load_pipeline(checkpoint: str, base: str, settings: GenSettings, device: str
     comps = load_checkpoint_components("sd14" if is_ae else checkpoint, base=base, seed=model_seed, dtype=cast)
     safety, features = None, None
     if settings.safety_checker:
-        if base == "tiny":
+        if base in ("tiny", WORLD):
             warnings.warn("the tiny profile has no safety checker: generating without one", stacklevel=2)
         else:
             safety, features = _load_safety_checker(base, dtype)
@@ -574,7 +565,8 @@ def table1(scores: pd.DataFrame, reported: pd.DataFrame | None = None, ks: Seque
     """The paper's Table 1 layout: rows × (prompt set, MG_k) as "mean (std)"; reported rows beside ours.
 
     Each of our checkpoints is followed by the reported row of the same method (if any), then the other
-    reported methods. Row labels say "ours" or "reported".
+    reported methods. Row labels say "ours" or "reported". Reported methods with no value in any shown
+    column (e.g. the miniature world's prompt set, which no paper scored) are left out.
     """
     def fmt(m: float, s: float) -> str:
         return "–" if pd.isna(m) else f"{m:.{decimals}f} ({s:.{decimals}f})"
@@ -601,6 +593,7 @@ def table1(scores: pd.DataFrame, reported: pd.DataFrame | None = None, ks: Seque
     for method in dict.fromkeys(reported["method"]):
         if method not in shown:
             add(f"{method} (reported)", reported[reported["method"] == method])
+    rows = {k: v for k, v in rows.items() if not (k.endswith("(reported)") and all(x == "–" for x in v))}
     return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
 
 

@@ -21,9 +21,13 @@ from .io import atomic_write_json
 
 PACKAGES = ("reprolib", "torch", "torchvision", "diffusers", "transformers", "accelerate", "torchmetrics",
             "safetensors", "numpy", "pandas", "papermill", "jupyter-book")
-WORLD_BANNER = ("A small text-to-image model trained from scratch on CPU on synthetic shapes, fine-tuned for "
-                "minutes: these numbers test whether TokenCompose's mechanism helps composition in a toy world, "
-                "not what it does for Stable Diffusion.")
+WORLD_BANNER = ("A small text-to-image model trained from scratch on synthetic shapes (on one GPU, minutes), "
+                "fine-tuned for minutes on CPU: these numbers test whether TokenCompose's mechanism helps "
+                "composition in a toy world, not what it does for Stable Diffusion.")
+TINY_WORLD_BANNER = ("Tiny profile: these numbers come from the miniature world: a small model trained on "
+                     "synthetic shapes, fine-tuned and scored on CPU with an exact shape detector. They check "
+                     "the pipeline end to end and describe a toy world; they are not results about Stable "
+                     "Diffusion, COCO or ADE20K, and reported values shown beside them are not comparable.")
 TINY_BANNER = ("Tiny profile: these numbers come from small random-initialised models on CPU. They check "
                "that the pipeline runs end to end; they are not scientific results.")
 
@@ -120,6 +124,8 @@ def finish_stage(prov: Provenance, out_dir: str | Path) -> Path:
 
 def banner_html(profile: Profile) -> str:
     """The banner shown at the top of every book page with numbers (says what tiny-profile numbers are)."""
+    if profile.is_world:
+        return f'<div class="repro-banner tiny"><strong>Pipeline check, toy world.</strong> {TINY_WORLD_BANNER}</div>'
     if profile.is_tiny:
         return f'<div class="repro-banner tiny"><strong>Pipeline check.</strong> {TINY_BANNER}</div>'
     return (f'<div class="repro-banner paper">Profile <code>{profile.name}</code>: real weights '

@@ -551,7 +551,8 @@ def run_fingerprint(P: Profile, plan: BatchPlan, n_examples: int, dataset_id: st
     """The settings a resumed run must share with its checkpoint (``steps`` may grow)."""
     c = P.train
     return {
-        "pretrained": P.model.pretrained, "unet": P.model.unet, "model_seed": P.model.seed,
+        "pretrained": P.model.pretrained, "pretrained_weights": _weights_identity(P.model.pretrained),
+        "unet": P.model.unet, "model_seed": P.model.seed,
         "resolution": P.model.resolution, "seed": c.seed, "lr": c.lr, "lr_scheduler": c.lr_scheduler,
         "lr_warmup_steps": c.lr_warmup_steps, "effective_batch": plan.effective_batch,
         "adam": [c.adam_beta1, c.adam_beta2, c.adam_weight_decay, c.adam_epsilon],
@@ -562,10 +563,18 @@ def run_fingerprint(P: Profile, plan: BatchPlan, n_examples: int, dataset_id: st
     }
 
 
+def _weights_identity(pretrained: str) -> dict[str, str]:
+    from .models import weights_identity
+    return weights_identity(pretrained)
+
+
 def _check_resume(state: Mapping[str, Any], fingerprint: Mapping[str, Any], ckpt: Path) -> None:
     old = state.get("fingerprint", {})
     for k, v in fingerprint.items():
         if k in old and old[k] != v:
+            if k == "pretrained_weights":
+                raise TrainError(f"{ckpt}: was trained from other weights at {fingerprint['pretrained']!r} "
+                                 f"(the model there changed); use another output_dir or resume=False")
             raise TrainError(f"{ckpt}: was trained with {k}={old[k]!r}, this run has {k}={v!r}; "
                              f"use another output_dir or resume=False")
 
@@ -686,9 +695,9 @@ def _prepare(P: Profile, comps, dataset: Dataset, out: Path, epoch_tail: str) ->
 
     cache, t0 = None, time.time()
     if plan.cache_latents:
-        key = mix_seed(json.dumps({k: fingerprint[k] for k in ("pretrained", "model_seed", "resolution",
-                                                             "train_layers", "mask_antialias", "dataset",
-                                                             "n_examples")}, sort_keys=True))
+        keyed = ("pretrained", "pretrained_weights", "model_seed", "resolution", "train_layers", "mask_antialias",
+                 "dataset", "n_examples")
+        key = mix_seed(json.dumps({k: fingerprint[k] for k in keyed}, sort_keys=True))
         cache_path = out / "cache" / f"latents-{key:016x}.safetensors"
         with accelerator.main_process_first():
             cache = LatentCache.load(cache_path, str(key))

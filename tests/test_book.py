@@ -61,3 +61,22 @@ def test_page_renders_with_tables_and_figures(page, min_figures):
     shot = SHOTS / page.replace(".html", ".png")
     _run(exe, f"--screenshot={shot}", "--window-size=1280,2400", url)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_pages_depend_on_the_stage_notebooks_they_glue_from(tmp_path):
+    """An incremental book build after re-running a stage must re-read the pages that glue from it
+    (myst-nb does not declare the dependency; book/_ext/stage_deps.py does)."""
+    import importlib.util
+    import types
+    spec = importlib.util.spec_from_file_location("stage_deps", ROOT / "book" / "_ext" / "stage_deps.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    source = (ROOT / "book" / "multigen.md").read_text()
+    assert mod.stage_notebooks(source) == ["_stages/03_multigen.ipynb"]
+    (tmp_path / "_stages").mkdir()
+    (tmp_path / "_stages" / "03_multigen.ipynb").write_text("{}")
+    noted = []
+    env = types.SimpleNamespace(doc2path=lambda d: str(tmp_path / f"{d}.md"), note_dependency=noted.append)
+    mod.note_stage_dependencies(types.SimpleNamespace(env=env), "multigen", [source])
+    assert noted == [str((tmp_path / "_stages" / "03_multigen.ipynb").resolve())]
+    assert "stage_deps" in (ROOT / "_config.yml").read_text()

@@ -92,3 +92,18 @@ def test_local_pipeline_folder_without_tokenizer_uses_sd14_tokenizer(tmp_path):
     loaded = models.load_components(str(tmp_path))
     assert loaded.tokenizer is models.clip_tokenizer()
     assert torch.equal(loaded.unet.conv_in.weight, c.unet.conv_in.weight)
+
+
+def test_miniworld_alias_and_base_checkpoint():
+    """``model.pretrained: miniworld`` is the shipped world base; checkpoint ``base`` is its own UNet."""
+    assert models.check_source("miniworld") == str(models.WORLD_BASE_DIR)
+    comps = models.load_components("miniworld")
+    assert comps.source == str(models.WORLD_BASE_DIR) and comps.unet.config.sample_size == 16
+    same = models.load_checkpoint_components("base", base="miniworld")
+    unet = models.load_unet("base", base="miniworld")
+    for k, v in comps.unet.state_dict().items():
+        assert torch.equal(v, same.unet.state_dict()[k]) and torch.equal(v, unet.state_dict()[k]), k
+    assert models.checkpoint_label("base") == "base" and models.resolve_checkpoint("base") == "base"
+    # on the random tiny base, "base" is the same UNet as "sd14"
+    a, b = models.load_unet("base", base="tiny"), models.load_unet("sd14", base="tiny")
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())

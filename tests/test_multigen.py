@@ -125,6 +125,8 @@ def test_table1_and_tidy_layout():
     assert t.loc["sd14 (ours)", ("coco", "MG3")] == "30.00 (1.00)"
     assert t.loc["SD 1.4 (reported)", ("ade20k", "MG2")] == "89.81 (0.40)"   # README, SD 1.4, ADE20K MG2
     assert "TokenCompose (reported)" in t.index
+    world = scores.assign(prompt_set="miniworld", checkpoint="base")      # no paper scored this set
+    assert list(mg.table1(world, reported).index) == ["base (ours)"]
     long = mg.tidy(scores, pd.DataFrame(), reported)
     assert set(long["source"].str.split(":").str[0]) == {"ours", "reported"}
     assert (long["source"] == "ours").sum() == 10 * 4

@@ -3,7 +3,8 @@ import json
 import torch
 
 from reprolib.config import load_profile
-from reprolib.report import (TINY_BANNER, banner_html, finish_stage, provenance_table, start_stage)
+from reprolib.report import (TINY_BANNER, TINY_WORLD_BANNER, banner_html, finish_stage, provenance_table,
+                             start_stage)
 
 
 def test_provenance_records_what_the_book_shows(tmp_path):
@@ -24,7 +25,9 @@ def test_provenance_records_what_the_book_shows(tmp_path):
 
 
 def test_banner_says_what_tiny_numbers_are():
-    assert TINY_BANNER in banner_html(load_profile("tiny"))
-    assert "not scientific results" in banner_html(load_profile("tiny"))
+    world = banner_html(load_profile("tiny"))                     # the default: the miniature world
+    assert TINY_WORLD_BANNER in world and "toy world" in world and "not results about Stable Diffusion" in world
+    random = banner_html(load_profile("tiny", {"model.pretrained": "tiny"}))
+    assert TINY_BANNER in random and "not scientific results" in random
     paper = banner_html(load_profile("paper"))
     assert "CompVis/stable-diffusion-v1-4" in paper and "not scientific" not in paper

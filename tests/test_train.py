@@ -300,3 +300,24 @@ def test_benchmark_script_runs_at_tiny_size_on_cpu(capsys):
     assert [ln[:3] for ln in lines[1:4]] == ["(a)", "(b)", "(c)"] and lines[4].startswith("ratios:")
     assert out["a"]["batch"] == 1 and out["b"]["batch"] == out["c"]["batch"] == 2
     assert out["speedup_b_over_a"] > 0 and out["overhead_b_over_c"] > 0
+
+
+def test_resume_refuses_a_base_whose_weights_changed_at_the_same_path(tmp_path):
+    """A fine-tune resumed after the model at ``model.pretrained`` was replaced (same path, new weights)
+    must not silently continue: the fingerprint holds the weights' sha256 and the check names the cause."""
+    from safetensors.torch import save_file
+    base = tmp_path / "base"
+    (base / "unet").mkdir(parents=True)
+    save_file({"w": torch.zeros(3)}, base / "unet" / "diffusion_pytorch_model.safetensors")
+    P = load_profile("tiny", {"model.pretrained": str(base)})
+
+    def fingerprint():
+        return {"pretrained": P.model.pretrained, "pretrained_weights": T._weights_identity(P.model.pretrained)}
+
+    old = fingerprint()
+    T._check_resume({"fingerprint": old}, fingerprint(), tmp_path / "checkpoint-1")   # same weights: fine
+    save_file({"w": torch.ones(3)}, base / "unet" / "diffusion_pytorch_model.safetensors")
+    new = fingerprint()
+    assert new["pretrained_weights"] != old["pretrained_weights"]
+    with pytest.raises(T.TrainError, match="other weights at"):
+        T._check_resume({"fingerprint": old}, new, tmp_path / "checkpoint-1")

@@ -9,7 +9,8 @@ of cure-lab/PnPInversion, itself a copy of omriav/blended-latent-diffusion's
   ``steps_offset=0`` (SD1.4's own config says 1): 50 steps are ``980, 960, …, 0``. The pipeline's
   own scheduler is not used.
 * **Source latents**: the image resized to the working size (bilinear), scaled to [-1, 1], VAE posterior
-  **mean** (no sampling) × 0.18215.
+  **mean** (no sampling) × 0.18215 (the official constant; we read the VAE's ``scaling_factor``, which is
+  0.18215 for SD1.4 and differs only for the miniature world's VAE).
 * **Mask**: the 0/1 mask as an 8-bit PIL image, resized to the latent size with **nearest** (PIL samples
   the pixel at the centre of each cell, so the forced 1-pixel border of PIE-Bench masks never reaches
   the latent mask) and thresholded at 0.5.
@@ -26,7 +27,7 @@ of cure-lab/PnPInversion, itself a copy of omriav/blended-latent-diffusion's
   local generators (on a CPU run the official code would draw both from the one CPU generator, and
   so does this code).
 * **Precision**: the official script runs VAE, text encoder and UNet in fp16 (``precision``).
-* **Output**: decoded with ``1 / 0.18215 · latents``, ``(x / 2 + 0.5).clamp(0, 1)``, ``round(x · 255)``;
+* **Output**: decoded with ``1 / 0.18215 · latents`` (likewise the VAE's factor), ``(x / 2 + 0.5).clamp(0, 1)``, ``round(x · 255)``;
   saved as JPEG with PIL's default quality (75) at the record's ``image_path``, as the official script
   does (it saves a 4-panel strip; the edited panel is 16-pixel aligned, so its JPEG blocks decode the same).
 
@@ -52,6 +53,12 @@ from .models import checkpoint_label
 
 #: SD1.x latent scaling factor, hard-coded in the official script.
 LATENT_SCALE = 0.18215
+
+
+def latent_scale(vae) -> float:
+    """The VAE's ``scaling_factor`` (the official script's constant 0.18215 is SD1.4's: identical there;
+    the miniature world's VAE has its own, and the constant would wash its images out)."""
+    return float(getattr(vae.config, "scaling_factor", LATENT_SCALE) or LATENT_SCALE)
 #: The seed PnPInversion's ``setup_seed()`` sets before every image.
 OFFICIAL_SEED = 1234
 START_FROM = ("noise", "noised_source")
@@ -149,10 +156,10 @@ def latent_mask(mask: np.ndarray, latent_hw: tuple[int, int]) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_image(vae, image: np.ndarray, device: str | torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """VAE posterior mean × 0.18215 of an (H, W, 3) uint8 image (``_image2latent``)."""
+    """VAE posterior mean × scaling factor (SD1.4: 0.18215) of an (H, W, 3) uint8 image (``_image2latent``)."""
     x = torch.from_numpy(np.ascontiguousarray(image)).float() / 127.5 - 1
     x = x.permute(2, 0, 1).unsqueeze(0).to(device).to(dtype)
-    return vae.encode(x).latent_dist.mean * LATENT_SCALE
+    return vae.encode(x).latent_dist.mean * latent_scale(vae)
 
 
 @torch.no_grad()
@@ -168,8 +175,8 @@ def encode_prompts(tokenizer, text_encoder, prompt: str, device: str | torch.dev
 
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
-    """(B, H, W, 3) uint8: ``1 / 0.18215 · latents`` → VAE → ``round(clamp(x/2 + 0.5) · 255)``."""
-    image = vae.decode(1 / LATENT_SCALE * latents).sample
+    """(B, H, W, 3) uint8: ``1 / scaling factor · latents`` → VAE → ``round(clamp(x/2 + 0.5) · 255)``."""
+    image = vae.decode(1 / latent_scale(vae) * latents).sample
     image = (image / 2 + 0.5).clamp(0, 1)
     if image.dtype == torch.bfloat16:  # numpy has no bfloat16
         image = image.float()
@@ -419,6 +426,48 @@ def score_checkpoints(records: Sequence, checkpoints: Sequence[str], out_root: s
         df = score_records(records, root, models, csv_path=root / "scores.csv", progress=progress)
         frames.append(df.assign(checkpoint=ckpt))
     return pd.concat(frames, ignore_index=True)
+
+
+def world_edit_success(records: Sequence, checkpoints: Sequence[str], out_root: str | Path,
+                       edits: dict[str, dict[str, Any]], detector=None, threshold: float = 0.5) -> pd.DataFrame:
+    """Did each edit of a miniature-world set (:func:`reprolib.piebench.make_world_piebench`) succeed?
+
+    The world's exact detector looks at every edited image: ``new_found`` (the requested shape is there),
+    ``old_gone`` (the replaced one is not), ``kept`` (fraction of the untouched shapes still found) and
+    ``success`` = new_found and old_gone. The source images are scored too (checkpoint ``"source"``): there
+    the old shape should be found and the new one not, which bounds the detector's own error.
+    """
+    from PIL import Image
+
+    from .worlddetector import load_world_detector, present
+    det = detector or load_world_detector()
+    rows = []
+    for ckpt in ["source", *checkpoints]:
+        paths = [rec.source_path if ckpt == "source" else Path(out_root) / checkpoint_label(ckpt) / rec.image_path
+                 for rec in records]
+        missing = [str(q) for q in paths if not q.is_file()]
+        if missing:
+            raise FileNotFoundError(f"edited image not found: {missing[0]}")
+        images = np.stack([np.asarray(Image.open(q).convert("RGB")) for q in paths])
+        for rec, found in zip(records, present(det, images, threshold)):
+            meta = edits.get(rec.id)
+            if meta is None:
+                raise KeyError(f"record {rec.id}: not in the world edit sidecar")
+            others = [c for c in meta["categories"] if c != meta["old"]]
+            rows.append({"checkpoint": ckpt, "id": rec.id, "old": meta["old"], "new": meta["new"],
+                         "new_found": meta["new"] in found, "old_gone": meta["old"] not in found,
+                         "kept": float(np.mean([c in found for c in others])) if others else float("nan")})
+    df = pd.DataFrame(rows)
+    df["success"] = df["new_found"] & df["old_gone"]
+    return df
+
+
+def world_edit_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per checkpoint: % of edits with the new shape found, the old gone, both (success), untouched shapes kept."""
+    out = df.groupby("checkpoint", sort=False)[["new_found", "old_gone", "success", "kept"]].mean() * 100
+    out["n"] = df.groupby("checkpoint", sort=False).size()
+    return out.rename(columns={"new_found": "new shape found (%)", "old_gone": "old shape gone (%)",
+                               "success": "success (%)", "kept": "other shapes kept (%)"})
 
 
 @dataclass

@@ -325,3 +325,75 @@ def make_synthetic_piebench(root: str | Path, n: int = 8, seed: int = 0, size: i
         atomic_save(root / IMAGE_DIR / record["image_path"], lambda p, im=pil: im.save(p, format="JPEG", quality=95))
     atomic_write_json(root / MAPPING_FILE, mapping)
     return root
+
+
+# --------------------------------------------------------------------------- miniature-world edits
+
+#: Sidecar of :func:`make_world_piebench`: per record id, the scene's nouns and the replaced/new noun.
+WORLD_EDITS_FILE = "world_edits.json"
+
+
+def _box_mask(mask: np.ndarray, pad: int) -> np.ndarray:
+    """The bounding box of ``mask`` grown by ``pad`` pixels (clipped): room for the new shape."""
+    ys, xs = np.nonzero(mask)
+    out = np.zeros_like(mask, dtype=bool)
+    h, w = mask.shape
+    out[max(0, ys.min() - pad):min(h, ys.max() + pad + 1), max(0, xs.min() - pad):min(w, xs.max() + pad + 1)] = True
+    return out
+
+
+def make_world_piebench(root: str | Path, n: int = 8, seed: int = 0, size: int = 64, pad: int = 3) -> Path:
+    """A PIE-Bench-format "change object" set from miniature-world scenes (3–4 shapes each).
+
+    Record ``i`` replaces one shape by a category absent from the scene: "a photo of a star, a [ring], and
+    a heart." → "… a [moon] …", blended words "ring moon", mask = the shape's bounding box grown by ``pad``
+    pixels (exact masks make the region known; the box leaves room for a differently shaped object).
+    ``world_edits.json`` records each scene's nouns and the old/new noun, so the world detector can say
+    whether an edit succeeded (:func:`reprolib.editing.world_edit_success`). Deterministic in ``seed``.
+    """
+    from PIL import Image
+
+    from .miniworld import CATEGORIES, render_scene
+
+    if n < 1:
+        raise PieBenchError(f"n must be >= 1, got {n}")
+    root = Path(root)
+    rng = np.random.default_rng([31, seed])
+    mapping: dict[str, dict[str, Any]] = {}
+    sidecar: dict[str, dict[str, Any]] = {}
+    for i in range(n):
+        k = int(rng.integers(3, 5))
+        cats = [CATEGORIES[j] for j in rng.choice(len(CATEGORIES), size=k, replace=False)]
+        scene = render_scene(cats, rng, size)
+        j = int(rng.integers(k))
+        old = scene.categories[j]
+        new = str(rng.choice([c for c in CATEGORIES if c not in scene.categories]))
+        marked = lambda word: caption_for_marked(scene.categories, j, word)  # noqa: E731
+        record = dict(image_path=f"{TYPE_FOLDERS['1']}/1{i:011d}.jpg", original_prompt=marked(old),
+                      editing_prompt=marked(new), editing_instruction=f"Change the {old} into a {new}",
+                      editing_type_id="1", blended_word=f"{old} {new}",
+                      mask=mask_encode(_box_mask(scene.masks[old], pad)))
+        key = Path(record["image_path"]).stem
+        mapping[key] = record
+        sidecar[key] = {"categories": list(scene.categories), "old": old, "new": new}
+        pil = Image.fromarray(scene.image)
+        atomic_save(root / IMAGE_DIR / record["image_path"], lambda p, im=pil: im.save(p, format="JPEG", quality=95))
+    atomic_write_json(root / MAPPING_FILE, mapping)
+    atomic_write_json(root / WORLD_EDITS_FILE, sidecar)
+    return root
+
+
+def caption_for_marked(categories: Sequence[str], index: int, word: str) -> str:
+    """MultiGen-style caption of ``categories`` with noun ``index`` replaced by ``[word]`` (PIE-Bench's marks)."""
+    from .miniworld import caption_for
+    nouns = list(categories)
+    nouns[index] = f"[{word}]"
+    return caption_for(nouns)
+
+
+def load_world_edits(root: str | Path) -> dict[str, dict[str, Any]]:
+    """The sidecar of a world edit set (id → categories, old, new); one-line error when it is missing."""
+    path = Path(root) / WORLD_EDITS_FILE
+    if not path.is_file():
+        raise PieBenchError(f"{path}: not found (only sets made by make_world_piebench have it)")
+    return json.loads(path.read_text())

@@ -263,3 +263,16 @@ def test_table2_puts_reported_rows_beside_ours():
     assert tab.loc["BLD + TC", psnr_col] == pytest.approx(20.0)   # NaN (style) left out
     assert tab.loc["Direct Inversion + P2P", "source"].startswith("reported: ")
     assert tab.loc["BLD + SD1.4", "source"] == "ours"
+
+
+def test_latent_scale_is_sd14s_constant_for_sd14_and_the_vaes_own_otherwise():
+    """The official script hard-codes 0.18215, SD1.4's scaling_factor: identical there; the world VAE's
+    factor must be used for its images (else the background comes back washed out)."""
+    import types
+    from reprolib.editing import LATENT_SCALE, latent_scale
+    from reprolib.models import load_components
+    assert LATENT_SCALE == 0.18215
+    sd14_config = types.SimpleNamespace(config=types.SimpleNamespace(scaling_factor=0.18215))
+    assert latent_scale(sd14_config) == 0.18215
+    world = load_components("miniworld").vae
+    assert latent_scale(world) == world.config.scaling_factor != 0.18215

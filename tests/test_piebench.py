@@ -200,3 +200,53 @@ def test_synthetic_rejects_bad_arguments(tmp_path):
         pb.make_synthetic_piebench(tmp_path, n=0)
     with pytest.raises(pb.PieBenchError, match="size must"):
         pb.make_synthetic_piebench(tmp_path, size=4)
+
+
+# --------------------------------------------------------------------------- miniature-world edits
+
+def test_world_edit_set_is_a_valid_change_object_set(tmp_path):
+    from reprolib.miniworld import CATEGORIES
+    root = pb.make_world_piebench(tmp_path / "w", n=6, seed=1)
+    recs = pb.load_piebench(root)
+    meta = pb.load_world_edits(root)
+    assert len(recs) == 6 and set(meta) == {r.id for r in recs}
+    for r in recs:
+        m = meta[r.id]
+        assert r.editing_type_id == "1" and r.blended_words == (m["old"], m["new"])
+        assert m["old"] in m["categories"] and m["new"] not in m["categories"] and m["new"] in CATEGORIES
+        assert f"[{m['old']}]" in r.original_prompt and f"[{m['new']}]" in r.editing_prompt
+        assert r.target_prompt == r.source_prompt.replace(m["old"], m["new"])
+        mask = r.mask()
+        assert mask.shape == (64, 64) and 0 < mask.mean() < 0.5
+        inner = mask[1:-1, 1:-1]                 # the official decoder also sets the 1-pixel border
+        ys, xs = np.nonzero(inner)                                  # a box
+        assert inner[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all() and inner.sum() < inner.size / 2
+    again = pb.make_world_piebench(tmp_path / "w2", n=6, seed=1)
+    assert pb.load_world_edits(again) == meta
+    with pytest.raises(pb.PieBenchError, match="world_edits.json"):
+        pb.load_world_edits(tmp_path)
+
+
+def test_world_edit_success_reads_the_detector_on_each_image(tmp_path):
+    """Hand-made 'edits': one checkpoint paints the requested shape into the box (success), one returns
+    the source unchanged (old shape still there: failure). Scored by the real world detector."""
+    from PIL import Image
+    from reprolib.editing import world_edit_success, world_edit_summary
+    from reprolib.miniworld import render_scene
+    root = pb.make_world_piebench(tmp_path / "w", n=4, seed=2)
+    recs, meta = pb.load_piebench(root), pb.load_world_edits(root)
+    for rec in recs:
+        m = meta[rec.id]
+        cats = [m["new"] if c == m["old"] else c for c in m["categories"]]
+        good = render_scene(cats, np.random.default_rng(0), 64).image   # the edited scene, redrawn
+        for ckpt, img in (("good", good), ("same", np.asarray(Image.open(rec.source_path)))):
+            dest = tmp_path / "edits" / ckpt / rec.image_path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(dest, format="JPEG", quality=95)
+    df = world_edit_success(recs, ["good", "same"], tmp_path / "edits", meta)
+    summary = world_edit_summary(df)
+    assert list(summary.index) == ["source", "good", "same"] and (summary["n"] == 4).all()
+    assert summary.loc["good", "success (%)"] >= 75 and summary.loc["same", "success (%)"] == 0
+    assert summary.loc["source", "old shape gone (%)"] == 0
+    with pytest.raises(FileNotFoundError, match="edited image not found"):
+        world_edit_success(recs, ["missing"], tmp_path / "edits", meta)

@@ -127,6 +127,9 @@ glue("world_mg_curves", fig, display=False)
 paired = res.paired.round(4)
 glue("world_paired", paired, display=False)
 display(paired)
+summary_line = miniexp.verdict(res.paired)
+glue("world_verdict", summary_line, display=False)
+print(summary_line)
 
 # %% [markdown]
 # ## Samples (same initial noise for every model)

@@ -219,6 +219,27 @@ def mg_table(scores: pd.DataFrame, decimals: int = 1) -> pd.DataFrame:
     return pd.DataFrame.from_dict(wide, orient="index")
 
 
+def verdict(paired: pd.DataFrame, a: str = "tokencompose", b: str = "finetune", alpha: float = 0.05) -> str:
+    """One sentence on whether ``a`` beats ``b`` in MultiGen-mini, read off the paired tests (bootstrap
+    p over prompts, two-sided), so that the book's summary is computed, not typed."""
+    rows = paired[(paired["a"] == a) & (paired["b"] == b)].sort_values("k")
+    if rows.empty:
+        raise ExperimentError(f"no paired tests of {a!r} against {b!r}")
+    better = rows[(rows["p_bootstrap"] < alpha) & (rows["diff"] > 0)]
+    worse = rows[(rows["p_bootstrap"] < alpha) & (rows["diff"] < 0)]
+    best = rows.loc[rows["p_bootstrap"].idxmin()]
+    if not better.empty and worse.empty:
+        ks = ", ".join(f"MG{int(k)}" for k in better["k"])
+        return f"{a} beats {b} at {ks} (paired bootstrap p < {alpha})."
+    if not worse.empty and better.empty:
+        ks = ", ".join(f"MG{int(k)}" for k in worse["k"])
+        return f"{a} is worse than {b} at {ks} (paired bootstrap p < {alpha})."
+    if better.empty and worse.empty:
+        return (f"{a} does not beat {b}: no MG-k difference is significant at {alpha} (smallest p = "
+                f"{best['p_bootstrap']:.2f}, MG{int(best['k'])}: {best['diff']:+.1f} points).")
+    return f"mixed: {a} is better than {b} at some k and worse at others (paired bootstrap p < {alpha})."
+
+
 # --------------------------------------------------------------------------- attention mass
 
 def mass_scenes(n: int, seed: int = 0) -> list:

@@ -179,3 +179,16 @@ def test_shipped_base_draws_the_shape_it_is_asked_for():
     found = present(load_world_detector(), out.images.astype(np.float32).clip(0, 1))
     hits = sum(c in f for c, f in zip(cats, found))
     assert hits >= 14, f"only {hits}/20 single-shape prompts drew their shape"
+
+
+def test_verdict_reads_the_paired_tests():
+    def table(rows):
+        return pd.DataFrame([{"a": "tokencompose", "b": "finetune", "k": k, "diff": d, "p_bootstrap": p}
+                             for k, d, p in rows])
+    none = miniexp.verdict(table([(1, 0.0, 1.0), (4, 2.5, 0.26), (5, -1.0, 0.5)]))
+    assert none.startswith("tokencompose does not beat finetune") and "p = 0.26, MG4: +2.5" in none
+    assert miniexp.verdict(table([(4, 5.0, 0.01), (5, 3.0, 0.02)])).startswith("tokencompose beats finetune at MG4, MG5")
+    assert "worse" in miniexp.verdict(table([(3, -5.0, 0.01)]))
+    assert miniexp.verdict(table([(3, -5.0, 0.01), (5, 4.0, 0.01)])).startswith("mixed")
+    with pytest.raises(miniexp.ExperimentError, match="no paired tests"):
+        miniexp.verdict(table([(1, 0.0, 1.0)]), a="base")

@@ -341,8 +341,11 @@ def base_check(base: str | Path = BASE_DIR) -> pd.DataFrame:
         return pd.DataFrame(columns=["value"])
     rec = json.loads(path.read_text())
     chk = rec.get("sample_check", {})
-    rows = {"training steps (UNet)": rec.get("base", {}).get("steps"),
-            "training wall time (s)": rec.get("train_wall_time_s"),
+    rows = {"trained on": rec.get("device_name", rec.get("device")),
+            "training steps (UNet)": rec.get("base", {}).get("steps"),
+            "training script wall time, all calls (s)": rec.get("all_calls_wall_time_s", rec.get("train_wall_time_s")),
+            "VAE reconstructions: detector accuracy per label": rec.get("vae", {}).get("check", {}).get(
+                "detector_label_accuracy_reconstructed"),
             "single-object prompts: shape found": chk.get("single_object_found"),
             "single-object prompts: only that shape": chk.get("single_object_exact"),
             "five-object prompts: mean shapes found": chk.get("five_object_mean_found"),

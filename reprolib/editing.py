@@ -340,8 +340,12 @@ def load_base(base_name: str, seed: int, precision: str, device: str | torch.dev
 
 
 def run_signature(options: BLDOptions, checkpoint: str, base_name: str, precision: str) -> dict[str, Any]:
-    """What an output folder's images depend on (stored next to them; a change redoes them)."""
-    return {"checkpoint": checkpoint, "base": base_name, "precision": precision, **asdict(options)}
+    """What an output folder's images depend on (stored next to them; a change redoes them): names,
+    settings, and the sha256 of local weights (a retrained UNet at the same path redoes its edits)."""
+    from .models import BASE, resolve_checkpoint, weights_identity
+    source = base_name if checkpoint == BASE else resolve_checkpoint(checkpoint)
+    return {"checkpoint": checkpoint, "base": base_name, "precision": precision,
+            "weights": weights_identity(source), "base_weights": weights_identity(base_name), **asdict(options)}
 
 
 def target_word(record) -> str | None:

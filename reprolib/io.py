@@ -114,3 +114,35 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None,
                 raise ChecksumError(f"{url}: downloaded file does not match sha256 {sha256}") from None
 
     return _atomic(dest, fetch)
+
+
+#: File in an output folder recording what its files were made from (see :func:`reset_if_changed`).
+SIGNATURE_FILE = "signature.json"
+
+
+def reset_if_changed(folder: str | os.PathLike, signature: Any, pattern: str = "*") -> int:
+    """Keep a resumable output folder consistent with what made it.
+
+    ``folder/signature.json`` records ``signature`` (JSON-able: checkpoint, weights hashes, settings). When
+    the recorded one differs, the folder's files matching ``pattern`` are deleted, so a resumed job never
+    mixes outputs of two settings or two models; then ``signature`` is written (atomically). A folder
+    with files but no record (made before records existed) is adopted as it is: nothing is deleted
+    without evidence that it is stale. Returns how many files were deleted.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sig = json.loads(json.dumps(signature, sort_keys=True, default=str))
+    path = folder / SIGNATURE_FILE
+    removed = 0
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if old != sig:
+            for f in folder.glob(pattern):
+                if f.is_file() and f.name != SIGNATURE_FILE:
+                    f.unlink()
+                    removed += 1
+    atomic_write_json(path, sig)
+    return removed

@@ -41,7 +41,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Profile, resolve_device
-from .io import REPO_ROOT, ChecksumError, atomic_save, atomic_write_json, download, repo_path
+from .io import (REPO_ROOT, SIGNATURE_FILE, ChecksumError, atomic_save, atomic_write_json, download, repo_path,
+                 reset_if_changed)
 from .models import (CHECKPOINTS, WORLD, ModelLoadError, SD14, checkpoint_label, load_checkpoint_components,
                      resolve_checkpoint)
 
@@ -688,6 +689,18 @@ def _device(profile: Profile) -> str:
     return str(state.device) if state.num_processes > 1 else resolve_device(profile)
 
 
+def image_signature(checkpoint: str, profile: Profile, settings: GenSettings) -> dict[str, Any]:
+    """What a checkpoint's generated images depend on: names, weights (sha256 of local safetensors) and
+    every generation setting except the batch size."""
+    from dataclasses import asdict
+
+    from .models import BASE, resolve_checkpoint, weights_identity
+    source = profile.model.pretrained if checkpoint in (BASE, ATTEND_AND_EXCITE) else resolve_checkpoint(checkpoint)
+    return {"checkpoint": checkpoint, "base": profile.model.pretrained, "model_seed": profile.model.seed,
+            "weights": weights_identity(source), "base_weights": weights_identity(profile.model.pretrained),
+            **{k: v for k, v in asdict(settings).items() if k != "batch_size"}}
+
+
 def run_generation(profile: Profile, prompt_sets: Mapping[str, PromptSet], progress: bool = True) -> pd.DataFrame:
     """Generate every (checkpoint, prompt set) of the profile; returns counts incl. blacked-out images."""
     mg, paths, settings = profile.multigen, stage_paths(profile), gen_settings(profile)
@@ -696,8 +709,12 @@ def run_generation(profile: Profile, prompt_sets: Mapping[str, PromptSet], progr
     device, rows = _device(profile), []
     for ckpt in mg.checkpoints:
         pipe = load_pipeline(ckpt, profile.model.pretrained, settings, device, profile.model.seed)
+        sig = image_signature(ckpt, profile, settings)
         for name, ps in prompt_sets.items():
             d = paths.images(name, ckpt)
+            if reset_if_changed(d, sig, "*.png"):          # other weights or settings: redo, and its detections
+                for f in paths.detections(name, ckpt).glob("*.json"):
+                    f.unlink()
             counts = generate_images(pipe, work_items(ps.records, mg.images_per_prompt), d, settings, progress)
             rows.append({"prompt_set": name, "checkpoint": ckpt, **counts, "blacked_out": count_blacked_out(d)})
         del pipe
@@ -718,8 +735,13 @@ def run_detection(profile: Profile, prompt_sets: Mapping[str, PromptSet], progre
                         precision=precision if torch.device(device).type != "cpu" else "fp32",
                         backend=backend, seed=profile.model.seed)
     rows = []
+    det_sig = {"detector_id": mg.detector_id, "precision": precision, "save_threshold": mg.save_threshold,
+               "faithful": mg.faithful, "tiny": profile.is_tiny, "seed": profile.model.seed}
     for ckpt in mg.checkpoints:
         for name, ps in prompt_sets.items():
+            images_sig = paths.images(name, ckpt) / SIGNATURE_FILE
+            images_sig = json.loads(images_sig.read_text()) if images_sig.is_file() else None
+            reset_if_changed(paths.detections(name, ckpt), {**det_sig, "images": images_sig}, "*.json")
             items = [(it.id, paths.images(name, ckpt) / f"{it.id}.png", it.categories)
                      for it in work_items(ps.records, mg.images_per_prompt)]
             counts = detect_folder(det, items, paths.detections(name, ckpt), mg.batch_size, mg.save_threshold,

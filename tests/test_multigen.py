@@ -394,3 +394,48 @@ def test_verdict_per_cell_compares_reported_mean_with_our_interval():
     assert v["verdict"].tolist() == ["consistent", "ours lower", "ours higher"]
     assert v["ours − reported"].round(2).tolist() == [-0.72, -10.74, 3.84]
     assert "/my/unet" not in set(v["checkpoint"])          # no reported counterpart: no verdict
+
+
+def test_resumed_generation_redoes_images_when_weights_or_settings_change(tmp_path):
+    """Resuming must not reuse images of another model or other settings: a UNet retrained at the same
+    path, or another step count, regenerates the images and drops their detections; same inputs skip."""
+    from reprolib.config import load_profile
+    from reprolib.models import load_unet
+    unet_dir = tmp_path / "unet"
+    unet = load_unet("base", base="miniworld")
+    unet.save_pretrained(unet_dir)
+
+    def profile(steps=2):
+        return load_profile("tiny", {"multigen.checkpoints": [str(unet_dir)], "multigen.n_prompts": 1,
+                                     "multigen.images_per_prompt": 1, "multigen.num_inference_steps": steps,
+                                     "multigen.output_dir": str(tmp_path / "mg")})
+    P = profile()
+    sets = mg.load_prompt_sets(P)
+    first = mg.run_generation(P, sets, progress=False)
+    assert first["done"].tolist() == [1]
+    mg.run_detection(P, sets, progress=False)
+    dets = mg.stage_paths(P).detections("miniworld", str(unet_dir))
+    assert len(list(dets.glob("*_*.json"))) == 1
+    assert mg.run_generation(P, sets, progress=False)["skipped"].tolist() == [1]      # same: resumed
+    assert mg.run_detection(P, sets, progress=False)["skipped"].tolist() == [1]
+    with torch.no_grad():                                                           # retrained in place
+        next(unet.parameters()).add_(0.1)
+    unet.save_pretrained(unet_dir)
+    assert mg.run_generation(P, sets, progress=False)["done"].tolist() == [1]
+    assert not list(dets.glob("*_*.json"))                                          # stale detections gone
+    assert mg.run_generation(profile(steps=3), sets, progress=False)["done"].tolist() == [1]
+
+
+def test_reset_if_changed(tmp_path):
+    from reprolib.io import SIGNATURE_FILE, reset_if_changed
+    d = tmp_path / "out"
+    assert reset_if_changed(d, {"a": 1}, "*.png") == 0
+    (d / "x.png").write_bytes(b"1")
+    (d / "keep.txt").write_text("other kind")
+    assert reset_if_changed(d, {"a": 1}, "*.png") == 0 and (d / "x.png").exists()
+    assert reset_if_changed(d, {"a": 2}, "*.png") == 1 and not (d / "x.png").exists()
+    assert (d / "keep.txt").exists() and json.loads((d / SIGNATURE_FILE).read_text()) == {"a": 2}
+    legacy = tmp_path / "legacy"                                  # outputs from before records: adopted
+    legacy.mkdir()
+    (legacy / "y.png").write_bytes(b"1")
+    assert reset_if_changed(legacy, {"a": 1}, "*.png") == 0 and (legacy / "y.png").exists()

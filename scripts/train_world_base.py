@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Train the miniature world's base text-to-image model and ship it as a diffusers pipeline folder.
 
-    python scripts/train_world_base.py                      # GPU if there is one; writes data/miniworld/base/ + base.json
-    python scripts/train_world_base.py --steps 12000        # the exact step count of a recorded run (base.json)
+    python scripts/train_world_base.py --deadline-s 470     # GPU if there is one; fits the run to a time budget
+    # replay of the shipped base (data/miniworld/base.json): two calls sharing --work, the second a warm restart
+    python scripts/train_world_base.py --vae-steps 2479 --steps 2214
+    python scripts/train_world_base.py --vae-steps 2479 --steps 3800
     python scripts/train_world_base.py --vae-steps 5 --steps 5 --vae-pool 64 --pool 64 --out /tmp/wb --work /tmp/wb_work   # smoke run
 
 What it trains, from scratch, seeded, on miniworld renders (64×64 RGB):

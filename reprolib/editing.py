@@ -54,17 +54,18 @@ from .models import checkpoint_label
 #: SD1.x latent scaling factor, hard-coded in the official script.
 LATENT_SCALE = 0.18215
 
-
-def latent_scale(vae) -> float:
-    """The VAE's ``scaling_factor`` (the official script's constant 0.18215 is SD1.4's: identical there;
-    the miniature world's VAE has its own, and the constant would wash its images out)."""
-    return float(getattr(vae.config, "scaling_factor", LATENT_SCALE) or LATENT_SCALE)
 #: The seed PnPInversion's ``setup_seed()`` sets before every image.
 OFFICIAL_SEED = 1234
 START_FROM = ("noise", "noised_source")
 BLEND_NOISE_AT = ("t", "t_prev")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OPTIONS_FILE = "bld_options.json"
+
+
+def latent_scale(vae) -> float:
+    """The VAE's ``scaling_factor`` (the official script's constant 0.18215 is SD1.4's: identical there;
+    the miniature world's VAE has its own, and the constant would wash its images out)."""
+    return float(getattr(vae.config, "scaling_factor", LATENT_SCALE) or LATENT_SCALE)
 
 
 class EditingError(ValueError):
@@ -342,10 +343,9 @@ def load_base(base_name: str, seed: int, precision: str, device: str | torch.dev
 def run_signature(options: BLDOptions, checkpoint: str, base_name: str, precision: str) -> dict[str, Any]:
     """What an output folder's images depend on (stored next to them; a change redoes them): names,
     settings, and the sha256 of local weights (a retrained UNet at the same path redoes its edits)."""
-    from .models import BASE, resolve_checkpoint, weights_identity
-    source = base_name if checkpoint == BASE else resolve_checkpoint(checkpoint)
+    from .models import checkpoint_weights
     return {"checkpoint": checkpoint, "base": base_name, "precision": precision,
-            "weights": weights_identity(source), "base_weights": weights_identity(base_name), **asdict(options)}
+            **checkpoint_weights(checkpoint, base_name), **asdict(options)}
 
 
 def target_word(record) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .io import REPO_ROOT, atomic_write_text
+from .io import REPO_ROOT, atomic_write_text, sha256_file
 
 SD14 = "CompVis/stable-diffusion-v1-4"
 #: ``model.pretrained`` alias of the miniature world's shipped base model (the tiny profile's default).
@@ -297,18 +297,21 @@ def weights_identity(pretrained: str, limit_bytes: int = 256 * 2**20) -> dict[st
     """What a local model folder's weights are, so a resumed fine-tune cannot silently continue from
     another model saved at the same path: sha256 of each ``*.safetensors`` file up to ``limit_bytes``
     (larger ones: their size). Hub ids and ``tiny`` are identified by name (and revision) elsewhere."""
-    import hashlib
     root = Path(resolve_pretrained(pretrained)).expanduser()
     if not root.is_dir():
         return {}
     out = {}
     for f in sorted(root.rglob("*.safetensors")):
         size = f.stat().st_size
-        if size > limit_bytes:
-            out[str(f.relative_to(root))] = f"size:{size}"
-        else:
-            out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
+        out[str(f.relative_to(root))] = f"size:{size}" if size > limit_bytes else sha256_file(f)
     return out
+
+
+def checkpoint_weights(checkpoint: str, base: str) -> dict[str, dict[str, str]]:
+    """:func:`weights_identity` of a checkpoint's UNet (``base``: the base's own) and of its base: what
+    images made with them depend on, beyond their names."""
+    source = base if checkpoint == BASE else resolve_checkpoint(checkpoint)
+    return {"weights": weights_identity(source), "base_weights": weights_identity(base)}
 
 
 def checkpoint_label(name: str) -> str:

@@ -694,10 +694,10 @@ def image_signature(checkpoint: str, profile: Profile, settings: GenSettings) ->
     every generation setting except the batch size."""
     from dataclasses import asdict
 
-    from .models import BASE, resolve_checkpoint, weights_identity
-    source = profile.model.pretrained if checkpoint in (BASE, ATTEND_AND_EXCITE) else resolve_checkpoint(checkpoint)
+    from .models import BASE, checkpoint_weights
+    unet = BASE if checkpoint == ATTEND_AND_EXCITE else checkpoint      # A&E runs on the base's own UNet
     return {"checkpoint": checkpoint, "base": profile.model.pretrained, "model_seed": profile.model.seed,
-            "weights": weights_identity(source), "base_weights": weights_identity(profile.model.pretrained),
+            **checkpoint_weights(unet, profile.model.pretrained),
             **{k: v for k, v in asdict(settings).items() if k != "batch_size"}}
 
 

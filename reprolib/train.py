@@ -66,6 +66,7 @@ from .attention import install_capture, uninstall_capture
 from .config import Profile, TrainConfig, resolve_device
 from .io import atomic_save, atomic_write_json
 from .losses import GroundingTargets, grounding_losses, resize_masks
+from .models import weights_identity
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
@@ -551,7 +552,7 @@ def run_fingerprint(P: Profile, plan: BatchPlan, n_examples: int, dataset_id: st
     """The settings a resumed run must share with its checkpoint (``steps`` may grow)."""
     c = P.train
     return {
-        "pretrained": P.model.pretrained, "pretrained_weights": _weights_identity(P.model.pretrained),
+        "pretrained": P.model.pretrained, "pretrained_weights": weights_identity(P.model.pretrained),
         "unet": P.model.unet, "model_seed": P.model.seed,
         "resolution": P.model.resolution, "seed": c.seed, "lr": c.lr, "lr_scheduler": c.lr_scheduler,
         "lr_warmup_steps": c.lr_warmup_steps, "effective_batch": plan.effective_batch,
@@ -561,11 +562,6 @@ def run_fingerprint(P: Profile, plan: BatchPlan, n_examples: int, dataset_id: st
         "mask_antialias": c.mask_antialias, "use_ema": c.use_ema, "epoch_tail": epoch_tail,
         "n_examples": n_examples, "dataset": dataset_id,
     }
-
-
-def _weights_identity(pretrained: str) -> dict[str, str]:
-    from .models import weights_identity
-    return weights_identity(pretrained)
 
 
 def _check_resume(state: Mapping[str, Any], fingerprint: Mapping[str, Any], ckpt: Path) -> None:

@@ -312,7 +312,7 @@ def test_resume_refuses_a_base_whose_weights_changed_at_the_same_path(tmp_path):
     P = load_profile("tiny", {"model.pretrained": str(base)})
 
     def fingerprint():
-        return {"pretrained": P.model.pretrained, "pretrained_weights": T._weights_identity(P.model.pretrained)}
+        return {"pretrained": P.model.pretrained, "pretrained_weights": T.weights_identity(P.model.pretrained)}
 
     old = fingerprint()
     T._check_resume({"fingerprint": old}, fingerprint(), tmp_path / "checkpoint-1")   # same weights: fine

@@ -43,8 +43,8 @@ from tqdm.auto import tqdm
 
 from .data import (METADATA, SEG_DIR, DataError, Record, image_id, mask_relpath, open_image, read_mask,
                    save_mask, write_metadata)
-from .gsam_official import package_versions
-from .io import atomic_write_json
+from .report import package_versions
+from .io import atomic_write_json, reset_if_changed
 
 BOX_THRESHOLD = 0.25        # authors' run_pipeline.sh
 TEXT_THRESHOLD = 0.25
@@ -351,25 +351,6 @@ def identity_table(model: Any) -> "pd.DataFrame":  # noqa: F821
     return pd.DataFrame(rows, columns=["what", "value"])
 
 
-def _reset_if_other_model(out_root: Path, sig: Mapping[str, Any]) -> int:
-    """Forget finished images (their ``attn_list.json`` and masks) made by another model or setting."""
-    seg = out_root / SEG_DIR
-    path = seg / "signature.json"
-    sig = json.loads(json.dumps(sig, sort_keys=True, default=str))
-    removed = 0
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = None
-        if old != sig:
-            for f in list(seg.glob(f"*/{DONE_FILE}")) + list(seg.glob("*/mask_*.png")):
-                f.unlink()
-                removed += 1
-    atomic_write_json(path, sig)
-    return removed
-
-
 def annotate(rows: Sequence[Mapping], image_dir: str | Path, out_root: str | Path, gsam: GroundedSAM,
              batch_size: int = 4, limit: int | None = None, progress: bool = True) -> AnnotateResult:
     """Regenerate the masks of ``rows`` (their nouns; any mask paths in them are ignored) into ``out_root``.
@@ -384,7 +365,7 @@ def annotate(rows: Sequence[Mapping], image_dir: str | Path, out_root: str | Pat
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rows = list(rows)[:limit] if limit is not None else list(rows)
     image_dir, out_root = Path(image_dir), Path(out_root)
-    _reset_if_other_model(out_root, signature(gsam))
+    reset_if_changed(out_root / SEG_DIR, signature(gsam), pattern="*/*")   # seg/<id>/ files of another model
     todo = [r for r in rows if not _done_path(out_root, r["file_name"]).is_file()]
     bar = tqdm(total=len(todo), desc="Grounded-SAM", disable=not progress)
     for start in range(0, len(todo), batch_size):

@@ -29,10 +29,9 @@ weights is an error (the original's ``strict=False`` would have left them random
 from __future__ import annotations
 
 import contextlib
-import re
 import json
+import re
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -42,6 +41,7 @@ from PIL import Image
 from torch import nn
 
 from .io import REPO_ROOT, atomic_save, atomic_write_json, download, sha256_file, verify_sha256
+from .report import package_versions
 
 MANIFEST = REPO_ROOT / "data" / "gsam" / "checkpoints.json"   # the official files: URLs, sha256, sizes
 LOCAL_MANIFEST = "gsam_checkpoints.json"                       # in a folder of other (e.g. random) checkpoints
@@ -69,17 +69,6 @@ def require_packages() -> None:
             import segment_anything_hq  # noqa: F401
     except ImportError as e:
         raise ImportError(f"the official Grounded-SAM backend needs {e.name}: {INSTALL_HINT}") from None
-
-
-def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
-    """Installed versions of the packages that make the masks (None: not installed)."""
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 # --------------------------------------------------------------------------- compatibility shims
@@ -525,7 +514,7 @@ def load_official(checkpoints: str | Path, segmenter: str = "sam_hq", device: st
     load_weights(sam, seg["path"])
     pkg = _sam_modules(segmenter == "sam_hq")[0]
     predictor = pkg.SamPredictor(sam.to(device))
-    identity = {"backend": "official", "packages": package_versions(), "random_weights": ck["random"],
+    identity = {"backend": "official", "packages": package_versions(PACKAGES), "random_weights": ck["random"],
                 "checkpoints": str(Path(checkpoints)),
                 "detector": {"file": Path(det["path"]).name, "sha256": det["sha256"]},
                 "segmenter": {"file": Path(seg["path"]).name, "sha256": seg["sha256"], "kind": segmenter},

@@ -108,7 +108,7 @@ if tagger is not None:
 model = gsam.load_from_profile(P.data, device=device, seed=P.model.seed)
 masks_by = gsam.identity_table(model)
 prov.runtime["gsam"] = model.identity
-glue("data_gsam_identity", masks_by, display=False)
+glue("data_gsam_identity", masks_by.style.hide(axis="index"), display=False)
 display(masks_by)
 glue("data_gsam_backend", model.identity.get("backend", "–"), display=False)
 result = gsam.annotate(rows, out, gsam_root, model, batch_size=P.data.gsam_batch_size, limit=P.data.gsam_limit)

@@ -99,11 +99,18 @@ if tagger is not None:
 
 # %% [markdown]
 # ## Grounded-SAM masks
+#
+# `data.gsam_backend` picks the code: `official` runs the authors' packages (`groundingdino-py`,
+# `segment-anything-hq`) on their checkpoint files, `transformers` the transformers ports. Which code and which
+# weights made the masks is recorded in the stage's provenance and shown in the book.
 
 # %%
-model = gsam.load_grounded_sam(P.data.detector_id, P.data.segmenter, P.data.sam_id, device=device,
-                               box_threshold=P.data.box_threshold, text_threshold=P.data.text_threshold,
-                               seed=P.model.seed)
+model = gsam.load_from_profile(P.data, device=device, seed=P.model.seed)
+masks_by = gsam.identity_table(model)
+prov.runtime["gsam"] = model.identity
+glue("data_gsam_identity", masks_by.style.hide(axis="index"), display=False)
+display(masks_by)
+glue("data_gsam_backend", model.identity.get("backend", "–"), display=False)
 result = gsam.annotate(rows, out, gsam_root, model, batch_size=P.data.gsam_batch_size, limit=P.data.gsam_limit)
 gsam_records = data.load_records(gsam_root, image_dir=out, check_files=True)
 if P.data.source == "coco":

@@ -113,10 +113,9 @@ if A.mass_protocol == "sdedit":
     from reprolib.miniworld import sample_scenes
     scenes = sample_scenes(A.mass_prompts, seed=[4, P.seed], size=P.model.resolution)
 elif A.mass_protocol == "generated":
-    from reprolib.gsam import load_grounded_sam
+    from reprolib.gsam import load_from_profile
     mass_specs = figure_prompts["mass"][: A.mass_prompts]
-    gsam_model = load_grounded_sam(P.data.detector_id, P.data.segmenter, P.data.sam_id, device,
-                                   P.data.box_threshold, P.data.text_threshold)
+    gsam_model = load_from_profile(P.data, device, seed=P.model.seed)     # stage 01's backend and weights
     segment = viz.gsam_segmenter(gsam_model)
 else:
     raise ValueError(f"attention.mass_protocol must be 'sdedit' or 'generated', got {A.mass_protocol!r}")

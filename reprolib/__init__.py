@@ -12,7 +12,8 @@ tokens         noun phrase → token positions in a prompt (as the original trai
 attention      attention processor that captures cross-attention probabilities; the store
 losses         TokenCompose token loss (Eq. 1) and pixel loss (Eq. 2), batched
 data           training records (metadata.jsonl + masks), COCO download, nouns, the tiny dataset
-gsam           Grounded-SAM (GroundingDINO boxes + SAM / SAM-HQ masks) through transformers
+gsam           Grounded-SAM (GroundingDINO boxes + SAM / SAM-HQ masks): the original's logic, backends, runs, QA
+gsam_official  the official backend: groundingdino-py + segment-anything-hq, checkpoints, random ones
 train          fine-tuning with accelerate (fast and faithful paths), checkpoints, logs
 multigen       MultiGen prompt sets, generation, MG-k scores (original) and statistics (CIs, paired tests)
 detection      OWLv2 (or the miniature world's detector) over generated images, per-image JSON

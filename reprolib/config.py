@@ -76,6 +76,9 @@ class DataConfig:
     pos_tagger: str = "flair/pos-english"  # noun tagger for new captions: flair model id, "hf:<id>" or "lexicon"
     caption_clip_id: str = "openai/clip-vit-large-patch14-336"  # picks the best of several captions
     original_masks: str | None = None     # folder with the authors' seg/ masks, for the IoU check (None: skip)
+    gsam_backend: str = "transformers"    # "official" (groundingdino-py + segment-anything-hq, the authors' code) or "transformers"
+    gsam_checkpoints: str = "runs/checkpoints/gsam"  # official: folder of the .pth files (downloaded there, sha256-checked) or "tiny"
+    sam_max_boxes: int = 64               # boxes per SAM call, both backends (bounds memory; the masks do not change)
 
 
 @dataclass

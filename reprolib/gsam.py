@@ -8,17 +8,24 @@ the text threshold, SAM (or SAM-HQ, what the authors ran) masks from the boxes w
 of the record by the original's rules (:func:`match_phrase`), one PNG per noun, null where nothing
 was found.
 
-Backend: transformers' ``GroundingDinoForObjectDetection``, ``SamModel`` and ``SamHQModel`` (weights
-from the hub for the paper profile; small random models built in code for the tiny profile, whose
-masks are then not meaningful). The original packages (``groundingdino-py``, ``segment-anything``)
-are not used: GroundingDINO's needs a compiled extension and checkpoints from GitHub releases; the
-transformers ports load the same checkpoints (``IDEA-Research/grounding-dino-tiny`` is the authors'
-SwinT-OGC, ``syscv-community/sam-hq-vit-huge`` their ``sam_hq_vit_h``) and can be tested offline.
+Two backends, chosen by ``data.gsam_backend``:
+
+* ``official`` (the paper profile): the packages the authors ran, ``groundingdino-py`` and
+  ``segment-anything-hq`` / ``segment-anything``, with their checkpoints ``groundingdino_swint_ogc.pth`` and
+  ``sam_hq_vit_h.pth`` (URLs + sha256 in ``data/gsam/checkpoints.json``); see :mod:`reprolib.gsam_official`.
+  Needs ``pip install -e ".[gsam]"``.
+* ``transformers``: transformers' ``GroundingDinoForObjectDetection``, ``SamModel`` and ``SamHQModel``
+  (hub weights; ``IDEA-Research/grounding-dino-tiny`` is the converted SwinT-OGC, ``syscv-community/sam-hq-vit-huge``
+  the converted ``sam_hq_vit_h``), images batched. Both load the same weights; how far their boxes and
+  masks are apart, and why, is measured by ``benchmarks/gsam_parity.py``.
+
+Both send at most ``data.sam_max_boxes`` boxes of an image to SAM per call (an image with 810 boxes
+took 22.5 GB in one call); each box is decoded on its own, so the bound does not change the masks.
 
 Thresholds: the authors' ``run_pipeline.sh`` passed ``--box_threshold 0.25 --text_threshold 0.25``
 (``gen_mask.py``'s argparse defaults were 0.3 and 0.25); :data:`BOX_THRESHOLD`/:data:`TEXT_THRESHOLD`
 and the paper profile use 0.25/0.25. Differences from the original, each with the original's behaviour
-noted: images can be batched (``batch_size=1`` is the original; padding in a batch may move scores
+noted: images can be batched by the transformers backend (``batch_size=1`` is the original; padding in a batch may move scores
 slightly); an image on which SAM fails is an error, not silently dropped from the records; GroundingDINO
 and SAM see the same PIL-decoded pixels (the original decoded the JPEG twice, with PIL and OpenCV).
 """
@@ -36,7 +43,8 @@ from tqdm.auto import tqdm
 
 from .data import (METADATA, SEG_DIR, DataError, Record, image_id, mask_relpath, open_image, read_mask,
                    save_mask, write_metadata)
-from .io import atomic_write_json
+from .report import package_versions
+from .io import atomic_write_json, reset_if_changed
 
 BOX_THRESHOLD = 0.25        # authors' run_pipeline.sh
 TEXT_THRESHOLD = 0.25
@@ -126,7 +134,13 @@ class GroundedSAM:
     dtype: torch.dtype = torch.float32
     box_threshold: float = BOX_THRESHOLD
     text_threshold: float = TEXT_THRESHOLD
-    calls: dict[str, int] = field(default_factory=lambda: {"detect_images": 0, "segment_images": 0})
+    max_boxes: int = 64                 # boxes per segmenter call (bounds memory; masks do not change)
+    identity: dict[str, Any] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=lambda: {"detect_images": 0, "segment_images": 0, "sam_calls": 0})
+
+    def __post_init__(self):
+        if self.max_boxes < 1:
+            raise ValueError(f"max_boxes (data.sam_max_boxes) must be >= 1, got {self.max_boxes}")
 
     @torch.no_grad()
     def detect(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[Detections]:
@@ -143,7 +157,8 @@ class GroundedSAM:
 
     @torch.no_grad()
     def segment(self, images: Sequence[Image.Image], boxes: Sequence[torch.Tensor]) -> list[np.ndarray]:
-        """Bool masks (n, H, W), one per box, single-mask output thresholded at 0 (as SamPredictor)."""
+        """Bool masks (n, H, W), one per box, single-mask output thresholded at 0 (as SamPredictor), at most
+        ``max_boxes`` boxes per call."""
         out: list[np.ndarray] = [np.zeros((0, im.height, im.width), dtype=bool) for im in images]
         todo = [i for i, b in enumerate(boxes) if len(b)]
         if not todo:
@@ -153,22 +168,34 @@ class GroundedSAM:
         pv = proc(images=[images[i] for i in todo], return_tensors="pt")["pixel_values"]
         emb = self.segmenter.get_image_embeddings(pv.to(self.device, self.dtype))
         for j, i in enumerate(todo):
-            inp = proc(images=[images[i]], input_boxes=[boxes[i].tolist()], return_tensors="pt")
             if isinstance(emb, tuple):          # SAM-HQ: also the ViT's early features
                 kw = {"image_embeddings": emb[0][j:j + 1], "intermediate_embeddings": [t[j:j + 1] for t in emb[1]]}
             else:
                 kw = {"image_embeddings": emb[j:j + 1]}
-            pred = self.segmenter(input_boxes=inp["input_boxes"].to(self.device, self.dtype),
-                                  multimask_output=False, **kw).pred_masks
-            masks = proc.post_process_masks(pred.float().cpu(), inp["original_sizes"], inp["reshaped_input_sizes"])[0]
-            out[i] = masks[:, 0].numpy().astype(bool)
+            parts = []
+            for start in range(0, len(boxes[i]), self.max_boxes):
+                self.calls["sam_calls"] += 1
+                chunk = boxes[i][start:start + self.max_boxes].tolist()
+                inp = proc(images=[images[i]], input_boxes=[chunk], return_tensors="pt")
+                pred = self.segmenter(input_boxes=inp["input_boxes"].to(self.device, self.dtype),
+                                      multimask_output=False, **kw).pred_masks
+                masks = proc.post_process_masks(pred.float().cpu(), inp["original_sizes"],
+                                                inp["reshaped_input_sizes"])[0]
+                parts.append(masks[:, 0].numpy().astype(bool))
+            out[i] = np.concatenate(parts)
         return out
 
     def masks_for(self, images: Sequence[Image.Image], noun_lists: Sequence[Sequence[str]]) -> list[dict[str, np.ndarray]]:
         """Noun → bool (H, W) mask for each image; nouns without a detection are absent."""
-        dets = self.detect(images, [grounding_prompt(n) for n in noun_lists])
-        segs = self.segment(images, [d.boxes for d in dets])
-        return [assign_masks(aggregate_masks(s, d.phrases), nouns) for s, d, nouns in zip(segs, dets, noun_lists)]
+        return masks_from(self, images, noun_lists)
+
+
+def masks_from(model: Any, images: Sequence[Image.Image], noun_lists: Sequence[Sequence[str]]) -> list[dict[str, np.ndarray]]:
+    """The original's steps on any backend with ``detect`` and ``segment``: prompt, boxes, masks, union per
+    phrase, phrase → noun."""
+    dets = model.detect(images, [grounding_prompt(n) for n in noun_lists])
+    segs = model.segment(images, [d.boxes for d in dets])
+    return [assign_masks(aggregate_masks(s, d.phrases), nouns) for s, d, nouns in zip(segs, dets, noun_lists)]
 
 
 def tiny_grounding_dino(vocabulary: Iterable[str], seed: int = 0):
@@ -227,7 +254,7 @@ def tiny_sam(kind: str = "sam", seed: int = 0):
 def load_grounded_sam(detector_id: str, segmenter: str = "sam_hq", sam_id: str = "tiny", device: str = "cpu",
                       box_threshold: float = BOX_THRESHOLD, text_threshold: float = TEXT_THRESHOLD,
                       vocabulary: Iterable[str] | None = None, seed: int = 0,
-                      dtype: torch.dtype = torch.float32) -> GroundedSAM:
+                      dtype: torch.dtype = torch.float32, max_boxes: int = 64) -> GroundedSAM:
     """Detector and segmenter from hub ids / folders, or ``"tiny"`` random ones (vocabulary: the nouns)."""
     if segmenter not in ("sam", "sam_hq"):
         raise ValueError(f"segmenter must be 'sam' or 'sam_hq', got {segmenter!r}")
@@ -254,8 +281,30 @@ def load_grounded_sam(detector_id: str, segmenter: str = "sam_hq", sam_id: str =
             seg, seg_proc = Model.from_pretrained(sam_id).eval(), Proc.from_pretrained(sam_id)
         except OSError as e:
             raise OSError(f"cannot load segmenter {sam_id!r}: {e}") from None
+    identity = {"backend": "transformers", "detector": detector_id, "segmenter": {"id": sam_id, "kind": segmenter},
+                "random_weights": "tiny" in (detector_id, sam_id), "packages": package_versions(("transformers", "torch"))}
     return GroundedSAM(det.to(device, dtype), det_proc, seg.to(device, dtype), seg_proc, device=device,
-                       dtype=dtype, box_threshold=box_threshold, text_threshold=text_threshold)
+                       dtype=dtype, box_threshold=box_threshold, text_threshold=text_threshold, max_boxes=max_boxes,
+                       identity=identity)
+
+
+BACKENDS = ("official", "transformers")
+
+
+def load_from_profile(data_cfg: Any, device: str = "cpu", seed: int = 0):
+    """Stage 01's (and stage 04's) Grounded-SAM from the profile's ``data`` section: ``gsam_backend``
+    ``official`` (``gsam_checkpoints``: folder or ``"tiny"``) or ``transformers`` (``detector_id``,
+    ``sam_id``); thresholds, segmenter and ``sam_max_boxes`` apply to both."""
+    d = data_cfg
+    if d.gsam_backend == "official":
+        from .gsam_official import load_official
+        from .io import repo_path
+        ck = d.gsam_checkpoints if d.gsam_checkpoints == "tiny" else repo_path(d.gsam_checkpoints)
+        return load_official(ck, d.segmenter, device, d.box_threshold, d.text_threshold, d.sam_max_boxes, seed=seed)
+    if d.gsam_backend == "transformers":
+        return load_grounded_sam(d.detector_id, d.segmenter, d.sam_id, device=device, box_threshold=d.box_threshold,
+                                 text_threshold=d.text_threshold, seed=seed, max_boxes=d.sam_max_boxes)
+    raise ValueError(f"data.gsam_backend must be one of {BACKENDS}, got {d.gsam_backend!r}")
 
 
 # --------------------------------------------------------------------------- the resumable run
@@ -271,18 +320,52 @@ def _done_path(out_root: Path, file_name: str) -> Path:
     return out_root / SEG_DIR / image_id(file_name) / DONE_FILE
 
 
+def signature(model: Any) -> dict[str, Any]:
+    """What decides a model's masks (backend, weights, thresholds; not the box bound, which does not change
+    them): a resumed run whose signature differs redoes every image (:func:`annotate`)."""
+    ident = dict(getattr(model, "identity", {}) or {})
+    ident.pop("packages", None)
+    return {"identity": ident, "box_threshold": getattr(model, "box_threshold", None),
+            "text_threshold": getattr(model, "text_threshold", None), "resize": getattr(model, "resize", None)}
+
+
+def identity_table(model: Any) -> "pd.DataFrame":  # noqa: F821
+    """Which code and weights made the masks, one row per fact (for the book and the provenance)."""
+    import pandas as pd
+    ident = getattr(model, "identity", {}) or {}
+    rows = [("backend", ident.get("backend", "–"))]
+    for role in ("detector", "segmenter"):
+        v = ident.get(role)
+        if isinstance(v, Mapping):
+            rows.append((role, " ".join(str(v[k]) for k in ("file", "id", "kind") if v.get(k))))
+            if v.get("sha256"):
+                rows.append((f"{role} sha256", v["sha256"]))
+        elif v is not None:
+            rows.append((role, str(v)))
+    rows.append(("random weights", "yes" if ident.get("random_weights") else "no"))
+    if ident.get("text_encoder"):
+        rows.append(("text encoder", str(ident["text_encoder"])))
+    rows += [("thresholds (box, text)", f"{getattr(model, 'box_threshold', '–')}, {getattr(model, 'text_threshold', '–')}"),
+             ("boxes per SAM call (max)", str(getattr(model, "max_boxes", "–")))]
+    rows += [(f"package {k}", v or "not installed") for k, v in (ident.get("packages") or {}).items()]
+    return pd.DataFrame(rows, columns=["what", "value"])
+
+
 def annotate(rows: Sequence[Mapping], image_dir: str | Path, out_root: str | Path, gsam: GroundedSAM,
              batch_size: int = 4, limit: int | None = None, progress: bool = True) -> AnnotateResult:
     """Regenerate the masks of ``rows`` (their nouns; any mask paths in them are ignored) into ``out_root``.
 
     Writes ``seg/<id>/mask_*.png`` and, last for each image, ``seg/<id>/attn_list.json``: an image with
     that file is finished and is skipped when the run is resumed. At the end ``<out_root>/metadata.jsonl``
-    lists every row in input order (file names as given; images stay in ``image_dir``).
+    lists every row in input order (file names as given; images stay in ``image_dir``). When the model's
+    :func:`signature` differs from the one recorded in ``seg/signature.json`` by an earlier run, every image
+    is redone, so one output never mixes two models' masks.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rows = list(rows)[:limit] if limit is not None else list(rows)
     image_dir, out_root = Path(image_dir), Path(out_root)
+    reset_if_changed(out_root / SEG_DIR, signature(gsam), pattern="*/*")   # seg/<id>/ files of another model
     todo = [r for r in rows if not _done_path(out_root, r["file_name"]).is_file()]
     bar = tqdm(total=len(todo), desc="Grounded-SAM", disable=not progress)
     for start in range(0, len(todo), batch_size):

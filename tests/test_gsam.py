@@ -120,6 +120,21 @@ def test_annotate_resumes_after_a_kill_without_redoing_work(tiny_set, tmp_path):
     assert gsam.annotate(rows, root, tmp_path / "run", third, progress=False).processed == 0 and third.images == 0
 
 
+def test_annotate_redoes_images_made_by_another_model(tiny_set, tmp_path):
+    root, rows = tiny_set
+    first = FakeGSAM()
+    first.identity = {"backend": "transformers", "detector": "a"}
+    gsam.annotate(rows[:3], root, tmp_path, first, progress=False)
+    same = FakeGSAM()
+    same.identity = {"backend": "transformers", "detector": "a", "packages": {"torch": "other"}}
+    assert gsam.annotate(rows[:3], root, tmp_path, same, progress=False).processed == 0    # versions do not count
+    other = FakeGSAM()
+    other.identity = {"backend": "official", "detector": {"sha256": "x"}}
+    res = gsam.annotate(rows[:3], root, tmp_path, other, progress=False)
+    assert res.processed == 3 and other.images == 3
+    assert gsam.signature(other)["identity"]["backend"] == "official"
+
+
 def test_annotate_limit_and_bad_inputs(tiny_set, tmp_path):
     root, rows = tiny_set
     res = gsam.annotate(rows, root, tmp_path / "a", FakeGSAM(), limit=2, progress=False)
@@ -248,3 +263,165 @@ def test_qa_figure(tiny_set):
     plt.close(fig)
     with pytest.raises(DataError, match="no records"):
         gsam.qa_figure([])
+
+
+# --------------------------------------------------------------------------- box bound (both backends)
+
+def test_transformers_backend_bounds_boxes_per_call_without_changing_masks(tiny_set, tiny_detector):
+    root, rows = tiny_set
+    images = [data.open_image(root / rows[0]["file_name"]).convert("RGB")]
+    boxes = [torch.tensor([[2.0, 3, 40, 50], [10, 10, 60, 30], [0, 0, 64, 64], [20, 5, 30, 60], [5, 40, 50, 63]])]
+    whole = gsam.GroundedSAM(*tiny_detector, *gsam.tiny_sam("sam_hq"), max_boxes=64)
+    bounded = gsam.GroundedSAM(*tiny_detector, *gsam.tiny_sam("sam_hq"), max_boxes=2)
+    a, b = whole.segment(images, boxes)[0], bounded.segment(images, boxes)[0]
+    assert (whole.calls["sam_calls"], bounded.calls["sam_calls"]) == (1, 3)
+    assert a.shape == b.shape == (5, 64, 64) and (a != b).mean() < 1e-3       # logits equal to float rounding
+    with pytest.raises(ValueError, match="sam_max_boxes"):
+        gsam.GroundedSAM(*tiny_detector, *gsam.tiny_sam("sam"), max_boxes=0)
+
+
+# --------------------------------------------------------------------------- official backend (groundingdino-py, SAM-HQ)
+
+def _need_official():
+    """The official packages are part of the `gsam` extra that CI installs: missing there is a failure."""
+    import os
+    try:
+        from reprolib.gsam_official import require_packages
+        require_packages()
+    except ImportError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def official_dir(tmp_path_factory):
+    _need_official()
+    from reprolib import gsam_official as go
+    folder = tmp_path_factory.mktemp("gsam_ck")
+    go.write_random_checkpoints(folder, "small", ("sam_hq", "sam"), seed=3)
+    return folder
+
+
+def test_random_checkpoints_have_the_official_layout(official_dir):
+    from reprolib import gsam_official as go
+    man = go.read_manifest(official_dir)
+    assert man["random"] and {man["groundingdino"]["file"], man["sam_hq"]["file"], man["sam"]["file"]} == {
+        "groundingdino_swint_ogc.pth", "sam_hq_vit_h.pth", "sam_vit_h_4b8939.pth"}
+    ck = torch.load(official_dir / "groundingdino_swint_ogc.pth", weights_only=True)
+    assert set(ck) == {"model"} and "backbone.0.patch_embed.proj.weight" in ck["model"]
+    assert ck["model"]["backbone.0.patch_embed.proj.weight"].shape == (96, 3, 4, 4)       # Swin-T, as the OGC file
+    sam = torch.load(official_dir / "sam_hq_vit_h.pth", weights_only=True)
+    assert "mask_decoder.hf_token.weight" in sam and "mask_decoder.hf_token.weight" not in torch.load(
+        official_dir / "sam_vit_h_4b8939.pth", weights_only=True)
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(official_dir / "bert")
+    assert tok.convert_tokens_to_ids(["[CLS]", "[SEP]", ".", "?"]) == [101, 102, 1012, 1029]    # bert-base-uncased's
+
+
+@pytest.mark.parametrize("segmenter", ["sam_hq", "sam"])
+def test_official_backend_end_to_end_on_two_images(official_dir, tiny_set, tmp_path, tokenizer, segmenter):
+    from reprolib import gsam_official as go
+    root, rows = tiny_set
+    model = go.load_official(official_dir, segmenter, box_threshold=0.0, text_threshold=0.0, max_boxes=7,
+                             resize=(128, 128))
+    assert model.identity["random_weights"] and model.identity["packages"]["groundingdino-py"]
+    assert model.identity["segmenter"]["sha256"] == go.read_manifest(official_dir)[segmenter]["sha256"]
+    images = [data.open_image(root / r["file_name"]).convert("RGB") for r in rows[:2]]
+    nouns = [[n for n, _ in r["attn_list"]] for r in rows[:2]]
+    dets = model.detect(images, [gsam.grounding_prompt(n) for n in nouns])
+    for d, im in zip(dets, images):
+        assert d.boxes.shape == (20, 4)                                    # threshold 0: all 20 queries
+        assert (d.boxes[:, 2:] >= d.boxes[:, :2]).all() and d.boxes.abs().max() < 4 * max(im.size)
+    segs = model.segment(images, [d.boxes for d in dets])
+    assert [s.shape for s in segs] == [(20, 64, 64)] * 2 and segs[0].dtype == bool
+    assert model.calls["sam_calls"] == 6                                   # 20 boxes in chunks of 7, per image
+    assert model.segment(images[:1], [torch.zeros(0, 4)])[0].shape == (0, 64, 64)
+    res = gsam.annotate(rows[:2], root, tmp_path, model, batch_size=2, progress=False)
+    assert res.processed == 2 and model.calls["detect_images"] == 4
+    recs = data.load_records(tmp_path, image_dir=root, check_files=True)
+    assert sum(len(r.grounded) for r in recs) > 0
+    for rec in recs:
+        ex = data.load_example(rec, 64, tokenizer)
+        assert ex["masks"].shape[0] == len(rec.grounded) and ex["n_skipped"] == 0
+    again = gsam.annotate(rows[:2], root, tmp_path, model, batch_size=2, progress=False)
+    assert (again.processed, again.skipped) == (0, 2) and again.rows == res.rows
+
+
+def test_official_box_conversion_matches_the_original_order_of_operations():
+    from reprolib.gsam_official import cxcywh_to_xyxy_pixels
+    b = torch.tensor([[0.5, 0.25, 0.2, 0.5], [0.1, 0.9, 0.3, 0.1]])
+    out = cxcywh_to_xyxy_pixels(b, 200, 100)
+    torch.testing.assert_close(out, torch.tensor([[80.0, 0.0, 120.0, 50.0], [-10.0, 85.0, 50.0, 95.0]]))
+    ref = b.clone()
+    for i in range(len(ref)):                     # gen_mask.py's loop, verbatim maths
+        ref[i] = ref[i] * torch.Tensor([200, 100, 200, 100])
+        ref[i][:2] -= ref[i][2:] / 2
+        ref[i][2:] += ref[i][:2]
+    assert torch.equal(out, ref)
+
+
+def test_official_checkpoints_are_checked(official_dir, tmp_path):
+    import shutil
+    from reprolib import gsam_official as go
+    from reprolib.io import ChecksumError
+    bad = tmp_path / "bad"
+    shutil.copytree(official_dir, bad)
+    with open(bad / "sam_hq_vit_h.pth", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ChecksumError, match="sam_hq_vit_h.pth"):
+        go.fetch_checkpoints(bad, "sam_hq")
+    # the shipped manifest: URLs and published sha256 for the authors' files; nothing is downloaded when absent
+    man = go.read_manifest(None)
+    assert man["groundingdino"]["sha256"].startswith("3b3ca256") and man["sam_hq"]["sha256"].startswith("a7ac14a0")
+    assert all(u.startswith("https://") for k in ("groundingdino", "sam_hq", "sam") for u in man[k]["urls"])
+    # a file that is not a state dict of the model is refused, naming the keys
+    other = tmp_path / "other.pth"
+    torch.save({"model": {"not.a.key": torch.zeros(1)}}, other)
+    with pytest.raises(go.CheckpointError, match=r"other\.pth: does not fit .*missing .*unexpected not\.a\.key"):
+        go.load_weights(go.build_sam(True, go.SMALL_SAM), other, key="model")
+    torch.save({"model": {"x": object()}}, other)                     # needs unpickling: weights_only refuses
+    with pytest.raises(go.CheckpointError, match="weights-only"):
+        go.load_weights(go.build_sam(True, go.SMALL_SAM), other, key="model")
+
+
+def test_bert_shim_matches_transformers_bert(official_dir):
+    _need_official()
+    from transformers import BertModel
+    from reprolib.gsam_official import _BertForGroundingDINO
+    bert = BertModel.from_pretrained(official_dir / "bert").eval()
+    ids = torch.tensor([[101, 1030, 1012, 1031, 1012, 102]])
+    mask2 = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        ref = bert(input_ids=ids, attention_mask=mask2).last_hidden_state
+        ours = _BertForGroundingDINO(bert)(ids, attention_mask=mask2[:, None, :].expand(1, 6, 6))["last_hidden_state"]
+    torch.testing.assert_close(ours[:, :4], ref[:, :4], atol=1e-5 * ref.abs().max().item(), rtol=0)
+
+
+def test_backends_agree_on_the_same_weights(official_dir, tiny_set):
+    """The official checkpoints converted into transformers' models (gsam_official.transformers_twin).
+
+    GroundingDINO: same pixels in → same logits and boxes (to float rounding). SAM: same boxes in → masks
+    agree on all but a few boundary pixels (the two resize the image with different code). SAM-HQ:
+    transformers' port (5.x) upsamples the mask decoder's *input* image embedding instead of the two-way
+    transformer's output, so its masks differ from the authors' code — measured, not hidden.
+    """
+    from reprolib import gsam_official as go
+    root, rows = tiny_set
+    image = data.open_image(root / rows[0]["file_name"]).convert("RGB")
+    prompt = gsam.grounding_prompt([n for n, _ in rows[0]["attn_list"]])
+    out = {}
+    for seg in ("sam", "sam_hq"):
+        off = go.load_official(official_dir, seg, box_threshold=0.0, text_threshold=0.0, resize=(128, 128))
+        twin = go.transformers_twin(official_dir, seg, box_threshold=0.0, text_threshold=0.0, resize=(128, 128))
+        lo, bo, _ = off.detect_logits(image, prompt)
+        pixels, _ = off._transform()(image, None)
+        enc = twin.detector_processor.tokenizer([prompt.lower()], return_tensors="pt")
+        with torch.no_grad():
+            hf = twin.detector(pixel_values=pixels[None], **enc)
+        n = enc["input_ids"].shape[1]
+        torch.testing.assert_close(hf.logits.sigmoid()[0, :, :n], lo[:, :n], atol=1e-4, rtol=0)
+        torch.testing.assert_close(hf.pred_boxes[0], bo, atol=1e-4, rtol=0)
+        boxes = off.detect([image], [prompt])[0].boxes[:8]
+        out[seg] = (off.segment([image], [boxes])[0] != twin.segment([image], [boxes])[0]).mean()
+    assert out["sam"] < 0.01                      # pixels that flip at the logit-0 boundary only
+    assert out["sam_hq"] > 10 * max(out["sam"], 1e-4)   # the port's SAM-HQ decoder difference

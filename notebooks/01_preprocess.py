@@ -46,17 +46,15 @@ from pathlib import Path
 from myst_nb import glue
 
 from reprolib import data, gsam
-from reprolib.config import load_profile, resolve_device
+from reprolib.config import resolve_device, stage_profile
 from reprolib.report import glue_banner, glue_provenance, start_stage
 
-params = dict(profile=profile, source=source, root=root, n_images=n_images, limit=limit, gsam_limit=gsam_limit,
+params = dict(source=source, root=root, n_images=n_images, limit=limit, gsam_limit=gsam_limit,
               gsam_batch_size=gsam_batch_size, box_threshold=box_threshold, text_threshold=text_threshold,
               segmenter=segmenter, detector_id=detector_id, sam_id=sam_id, pos_tagger=pos_tagger,
-              original_masks=original_masks, out_dir=out_dir)
-P = load_profile(profile, {**(overrides or {}),
-                           **{f"data.{k}": v for k, v in params.items()
-                              if k not in ("profile", "out_dir") and v is not None}})
-prov = start_stage("01", P, {**params, "overrides": overrides})
+              original_masks=original_masks)
+P = stage_profile(profile, overrides, "data", params)    # profile < runner overrides < parameters set here
+prov = start_stage("01", P, {**params, "profile": profile, "out_dir": out_dir, "overrides": overrides})
 out = Path(out_dir or P.data.root)
 device = resolve_device(P)
 glue_banner("data_", P)

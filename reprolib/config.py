@@ -1,8 +1,10 @@
 """Profiles: every knob of every stage, in one typed object loaded from ``data/profiles/<name>.yaml``.
 
-A profile is the only global state the project has. Stage notebooks take a profile name plus
-overrides (their papermill parameters) and hand the resulting :class:`Profile` to reprolib.
-Overrides use dotted keys (``"train.lr"``) or, where unambiguous, bare field names (``"lr"``).
+A profile is the only global state the project has. Stage notebooks take a profile name, the
+runner's overrides and their own papermill parameters, merge them with :func:`stage_profile`
+(profile < overrides < parameters that are set) and hand the resulting :class:`Profile` to reprolib.
+Overrides use dotted keys (``"train.lr"``), top-level names (``"seed"``) or, where unambiguous, bare
+field names (``"lr"``).
 """
 from __future__ import annotations
 
@@ -99,6 +101,7 @@ class MultiGenConfig:
     save_threshold: float = 0.01
     n_bootstrap: int = 2000
     prompt_mirror: str | None = None      # folder or base URL holding the official prompt files (None: GitHub)
+    use_trained: bool = True              # add stage 02's exported UNet (Table 1's "ours, retrained") when it exists
     output_dir: str = "runs/multigen"
 
 
@@ -117,6 +120,9 @@ class AttentionConfig:
     mask_mode: str = "area"               # "area" (coverage-weighted) or "original" (token loss's resize, > 0)
     n_bootstrap: int = 2000
     batch_size: int = 8
+    prompt_file: str | None = None        # YAML of figure prompts (None: data/attention_prompts.yaml)
+    overhead_repeats: int | None = None   # timed runs of the capture-overhead check (None: 1 on tiny, 3 otherwise)
+    use_trained: bool = True              # also show stage 02's fine-tuned UNet when its export exists
     output_dir: str = "runs/attention"
 
 
@@ -137,6 +143,7 @@ class EditingConfig:
     resolution: int | None = None         # edit size in pixels (None: model.resolution; official 512)
     dino_id: str = "facebook/dino-vitb8"
     clip_id: str = "openai/clip-vit-large-patch14"
+    use_trained: bool = True              # add stage 02's exported UNet when it exists
     output_dir: str = "runs/editing"
 
 
@@ -250,6 +257,8 @@ def resolve_key(key: str) -> str:
         if sec not in types_ or not dataclasses.is_dataclass(types_[sec]) or leaf not in _field_types(types_[sec]):
             raise ConfigError(f"unknown profile field: {key}")
         return key
+    if key in _field_types(Profile) and not dataclasses.is_dataclass(_field_types(Profile)[key]):
+        return key                                       # a top-level field (seed, device, ...) is its own path
     paths = _leaf_index().get(key)
     if not paths:
         raise ConfigError(f"unknown profile field: {key}")
@@ -319,6 +328,26 @@ def load_profile(name: str | None = None, overrides: Mapping[str, Any] | None = 
     merged = dict(overrides or {})
     merged.update(kw)
     return apply_overrides(profile, merged)
+
+
+def stage_profile(profile: str | None, overrides: Mapping[str, Any] | None, section: str,
+                  params: Mapping[str, Any] | None = None) -> Profile:
+    """The profile a stage notebook runs with; every stage builds its ``P`` with this one call.
+
+    Precedence, lowest first: the profile's YAML, then ``overrides`` (what ``python -m reprolib run -p
+    section.field value`` passes to every stage), then the notebook's own papermill parameters
+    (``params``) that are set. A parameter left at None means "not given": it never hides an
+    override, so the runner's values reach every stage. Keys of ``params`` are field names of
+    ``section`` (``n_prompts`` → ``multigen.n_prompts``; ``seed`` → ``editing.seed`` for ``editing``),
+    dotted paths, or top-level fields the section lacks (``cpu_threads``).
+
+    >>> stage_profile("paper", {"multigen.n_prompts": 10}, "multigen", {"n_prompts": None}).multigen.n_prompts
+    10
+    """
+    own = set(_field_types(_field_types(Profile)[section]))
+    given = {(f"{section}.{k}" if k in own or "." not in k and k not in _field_types(Profile) else k): v
+             for k, v in (params or {}).items() if v is not None}
+    return load_profile(profile, {**(overrides or {}), **given})
 
 
 def apply_runtime(profile: Profile) -> None:

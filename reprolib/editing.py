@@ -26,7 +26,8 @@ of cure-lab/PnPInversion, itself a copy of omriav/blended-latent-diffusion's
   ``randn_like`` on the GPU, i.e. the CUDA generator, both seeded 1234. This is reproduced with two
   local generators (on a CPU run the official code would draw both from the one CPU generator, and
   so does this code).
-* **Precision**: the official script runs VAE, text encoder and UNet in fp16 (``precision``).
+* **Precision**: the official script runs VAE, text encoder and UNet in fp16 (``precision``); on CPU every
+  stage runs fp32 (:func:`reprolib.config.effective_precision`).
 * **Output**: decoded with ``1 / 0.18215 · latents`` (likewise the VAE's factor), ``(x / 2 + 0.5).clamp(0, 1)``, ``round(x · 255)``;
   saved as JPEG with PIL's default quality (75) at the record's ``image_path``, as the official script
   does (it saves a 4-panel strip; the edited panel is 16-pixel aligned, so its JPEG blocks decode the same).
@@ -58,7 +59,6 @@ LATENT_SCALE = 0.18215
 OFFICIAL_SEED = 1234
 START_FROM = ("noise", "noised_source")
 BLEND_NOISE_AT = ("t", "t_prev")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OPTIONS_FILE = "bld_options.json"
 
 
@@ -104,13 +104,6 @@ class BLDOptions:
         return cls(num_inference_steps=e.num_inference_steps, guidance_scale=e.guidance_scale,
                    blending_start=e.blending_start, start_from=e.start_from, blend_noise_at=e.blend_noise_at,
                    seed=e.seed, resolution=e.resolution or profile.model.resolution)
-
-
-def resolve_dtype(precision: str) -> torch.dtype:
-    """``"fp16"``/``"bf16"``/``"fp32"`` → torch dtype; names the parameter when unknown."""
-    if precision not in DTYPES:
-        raise EditingError(f"precision must be one of {', '.join(DTYPES)}, got {precision!r}")
-    return DTYPES[precision]
 
 
 def bld_scheduler():
@@ -330,9 +323,11 @@ def checkpoint_components(base, checkpoint: str, base_name: str, seed: int = 0):
 
 
 def load_base(base_name: str, seed: int, precision: str, device: str | torch.device):
-    """The pipeline parts every checkpoint shares, in `precision` on `device`, ready for editing."""
+    """The pipeline parts every checkpoint shares, in `precision` on `device` (fp32 on CPU: the project's
+    one policy, :func:`reprolib.config.precision_dtype`), ready for editing."""
+    from .config import precision_dtype
     from .models import load_components
-    dtype = resolve_dtype(precision)
+    dtype = precision_dtype(precision, device, "editing.precision")
     # fp32 is what the weights hold: no cast (diffusers warns about casts it cannot check)
     comps = load_components(base_name, seed=seed, dtype=None if dtype == torch.float32 else dtype, scheduler="ddim")
     for m in (comps.unet, comps.vae, comps.text_encoder):
@@ -403,7 +398,11 @@ def edit_records(records: Sequence, components, out_root: str | Path, options: B
 def edit_checkpoints(records: Sequence, base, base_name: str, checkpoints: Sequence[str], options: BLDOptions,
                      out_root: str | Path, device: str | torch.device, precision: str, seed: int = 0,
                      progress: bool = True) -> pd.DataFrame:
-    """Edit every record with every checkpoint into ``<out_root>/<checkpoint label>/``; one row per edit."""
+    """Edit every record with every checkpoint into ``<out_root>/<checkpoint label>/``; one row per edit.
+
+    The signature records the precision the edits are made in on `device` (fp32 on CPU)."""
+    from .config import effective_precision
+    precision = effective_precision(precision, device, "editing.precision")
     frames = []
     for ckpt in checkpoints:
         comps = checkpoint_components(base, ckpt, base_name, seed)

@@ -35,7 +35,7 @@ text_threshold = None
 segmenter = None         # "sam" or "sam_hq"
 detector_id = None
 sam_id = None
-pos_tagger = None
+pos_tagger = None        # noun tagger ("flair/pos-english" on paper: needs flair); "none" skips the noun check
 original_masks = None    # folder holding the authors' seg/ masks, for the IoU check
 overrides = None         # any other profile overrides {"section.field": value} (the runner passes these)
 out_dir = None
@@ -57,6 +57,7 @@ P = stage_profile(profile, overrides, "data", params)    # profile < runner over
 prov = start_stage("01", P, {**params, "profile": profile, "out_dir": out_dir, "overrides": overrides})
 out = Path(out_dir or P.data.root)
 device = resolve_device(P)
+tagger = data.make_tagger(P.data.pos_tagger)           # before any download: a missing tagger fails here, in one line
 glue_banner("data_", P)
 
 # %% [markdown]
@@ -84,12 +85,9 @@ print(f"{len(rows)} records in {out}")
 # reproduced.
 
 # %%
-try:
-    tagger = data.make_tagger(P.data.pos_tagger)
-except (ImportError, OSError) as e:      # flair or its hub model unavailable: the check is skipped
-    tagger = None
-    print(f"noun check skipped: {e}")
-if tagger is not None:
+if tagger is None:
+    print(f"noun check skipped: data.pos_tagger is {P.data.pos_tagger!r}")
+else:
     nouns = data.noun_agreement(rows, tagger)
     nouns_summary = data.noun_agreement_summary(nouns)
     glue("data_nouns", nouns_summary, display=False)

@@ -36,6 +36,7 @@ start_from = None             # "noise" (official) | "noised_source"
 blend_noise_at = None         # "t" (official) | "t_prev"
 seed = None
 precision = None              # "fp16" (official) | "fp32" | "bf16"
+save_as = None                # "strip" (official JPEG strip, what evaluate.py reads) | "png" (the edit alone, lossless)
 n_qualitative = None          # rows of the qualitative grid (default 4)
 process_record = None         # index (into the edited records) shown in the editing-process figure
 use_trained = None            # add stage 02's exported UNet when it exists (default)
@@ -66,7 +67,7 @@ from reprolib.report import glue_banner, glue_provenance, start_stage
 params = dict(piebench_root=piebench_root, checkpoints=checkpoints, limit=limit, categories=categories,
               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
               blending_start=blending_start, start_from=start_from, blend_noise_at=blend_noise_at,
-              seed=seed, precision=precision, use_trained=use_trained)
+              seed=seed, precision=precision, save_as=save_as, use_trained=use_trained)
 P = stage_profile(profile, overrides, "editing", params)   # profile < runner overrides < parameters set here
 if P.editing.use_trained:
     P = apply_overrides(P, {"editing.checkpoints": with_trained(P.editing.checkpoints, P)})

@@ -141,6 +141,7 @@ class EditingConfig:
     precision: str = "fp16"               # "fp16" (official BLD script), "fp32" or "bf16"
     categories: list[str] | None = None   # editing_type_id values to run (None: all ten)
     resolution: int | None = None         # edit size in pixels (None: model.resolution; official 512)
+    save_as: str = "strip"                # "strip": the official JPEG strip evaluate.py crops; "png": the edit alone, lossless
     dino_id: str = "facebook/dino-vitb8"
     clip_id: str = "openai/clip-vit-large-patch14"
     use_trained: bool = True              # add stage 02's exported UNet when it exists

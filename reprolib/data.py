@@ -504,7 +504,7 @@ def flair_tagger(model_id: str = "flair/pos-english") -> Tagger:
         from flair.models import SequenceTagger
     except ImportError:
         raise ImportError(f"data.pos_tagger {model_id!r} (the authors' noun tagger) needs flair: pip install flair "
-                          f"(or pip install -e '.[gsam]'); -p data.pos_tagger none skips the noun check") from None
+                          f"(or pip install -e '.[pos]'); -p data.pos_tagger none skips the noun check") from None
     try:
         tagger = SequenceTagger.load(model_id)
     except (OSError, ValueError) as e:

@@ -35,7 +35,7 @@ text_threshold = None
 segmenter = None         # "sam" or "sam_hq"
 detector_id = None
 sam_id = None
-pos_tagger = None
+pos_tagger = None        # noun tagger ("flair/pos-english" on paper: needs flair); "none" skips the noun check
 original_masks = None    # folder holding the authors' seg/ masks, for the IoU check
 overrides = None         # any other profile overrides {"section.field": value} (the runner passes these)
 out_dir = None
@@ -46,19 +46,18 @@ from pathlib import Path
 from myst_nb import glue
 
 from reprolib import data, gsam
-from reprolib.config import load_profile, resolve_device
+from reprolib.config import resolve_device, stage_profile
 from reprolib.report import glue_banner, glue_provenance, start_stage
 
-params = dict(profile=profile, source=source, root=root, n_images=n_images, limit=limit, gsam_limit=gsam_limit,
+params = dict(source=source, root=root, n_images=n_images, limit=limit, gsam_limit=gsam_limit,
               gsam_batch_size=gsam_batch_size, box_threshold=box_threshold, text_threshold=text_threshold,
               segmenter=segmenter, detector_id=detector_id, sam_id=sam_id, pos_tagger=pos_tagger,
-              original_masks=original_masks, out_dir=out_dir)
-P = load_profile(profile, {**(overrides or {}),
-                           **{f"data.{k}": v for k, v in params.items()
-                              if k not in ("profile", "out_dir") and v is not None}})
-prov = start_stage("01", P, {**params, "overrides": overrides})
+              original_masks=original_masks)
+P = stage_profile(profile, overrides, "data", params)    # profile < runner overrides < parameters set here
+prov = start_stage("01", P, {**params, "profile": profile, "out_dir": out_dir, "overrides": overrides})
 out = Path(out_dir or P.data.root)
 device = resolve_device(P)
+tagger = data.make_tagger(P.data.pos_tagger)           # before any download: a missing tagger fails here, in one line
 glue_banner("data_", P)
 
 # %% [markdown]
@@ -86,12 +85,9 @@ print(f"{len(rows)} records in {out}")
 # reproduced.
 
 # %%
-try:
-    tagger = data.make_tagger(P.data.pos_tagger)
-except (ImportError, OSError) as e:      # flair or its hub model unavailable: the check is skipped
-    tagger = None
-    print(f"noun check skipped: {e}")
-if tagger is not None:
+if tagger is None:
+    print(f"noun check skipped: data.pos_tagger is {P.data.pos_tagger!r}")
+else:
     nouns = data.noun_agreement(rows, tagger)
     nouns_summary = data.noun_agreement_summary(nouns)
     glue("data_nouns", nouns_summary, display=False)

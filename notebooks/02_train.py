@@ -53,14 +53,14 @@ from IPython.display import display
 from myst_nb import glue
 
 from reprolib import train as T
-from reprolib.config import load_profile, resolve_device
+from reprolib.config import resolve_device, stage_profile
 from reprolib.report import glue_banner, glue_provenance, start_stage
 
 params = dict(steps=steps, lr=lr, token_loss_scale=token_loss_scale, pixel_loss_scale=pixel_loss_scale,
               mixed_precision=precision, batch_size=batch_size, grad_accum=grad_accum, faithful=faithful,
               gradient_checkpointing=gradient_checkpointing, use_ema=use_ema,
               checkpointing_steps=checkpointing_steps, num_workers=num_workers)
-P = load_profile(profile, {**(overrides or {}), **{f"train.{k}": v for k, v in params.items() if v is not None}})
+P = stage_profile(profile, overrides, "train", params)   # profile < runner overrides < parameters set here
 prov = start_stage("02", P, {**params, "profile": profile, "resume": resume, "overrides": overrides,
                              "out_dir": out_dir})
 out = Path(out_dir or P.train.output_dir)

@@ -44,7 +44,7 @@ safety_checker = None
 detector_id = None
 prompt_mirror = None        # folder or base URL holding the official prompt files
 n_bootstrap = None
-use_trained = True          # add stage 02's exported UNet (Table 1's "ours, retrained") when it exists
+use_trained = None          # add stage 02's exported UNet (Table 1's "ours, retrained") when it exists (default)
 overrides = None            # any other profile overrides {"section.field": value} (the runner passes these)
 out_dir = None
 
@@ -53,8 +53,7 @@ from IPython.display import display
 from myst_nb import glue
 
 from reprolib import multigen as mg
-from reprolib.config import load_profile, resolve_device
-from reprolib.config import apply_overrides
+from reprolib.config import apply_overrides, resolve_device, stage_profile
 from reprolib.report import glue_banner, glue_provenance, start_stage
 from reprolib.train import with_trained
 
@@ -62,11 +61,12 @@ params = dict(checkpoints=checkpoints, prompt_sets=prompt_sets, n_prompts=n_prom
               images_per_prompt=images_per_prompt, num_inference_steps=num_inference_steps,
               guidance_scale=guidance_scale, detection_threshold=detection_threshold, save_threshold=save_threshold,
               precision=precision, batch_size=batch_size, faithful=faithful, safety_checker=safety_checker,
-              detector_id=detector_id, prompt_mirror=prompt_mirror, n_bootstrap=n_bootstrap, output_dir=out_dir)
-P = load_profile(profile, {**(overrides or {}), **{f"multigen.{k}": v for k, v in params.items()}})
-if use_trained:
+              detector_id=detector_id, prompt_mirror=prompt_mirror, n_bootstrap=n_bootstrap, use_trained=use_trained,
+              output_dir=out_dir)
+P = stage_profile(profile, overrides, "multigen", params)   # profile < runner overrides < parameters set here
+if P.multigen.use_trained:
     P = apply_overrides(P, {"multigen.checkpoints": with_trained(P.multigen.checkpoints, P)})
-prov = start_stage("03", P, {"profile": profile, **params, "use_trained": use_trained, "overrides": overrides})
+prov = start_stage("03", P, {"profile": profile, **params, "overrides": overrides})
 M = P.multigen
 paths = mg.stage_paths(P)
 device = resolve_device(P)

@@ -41,7 +41,7 @@
 # %% tags=["parameters"]
 profile = "tiny"
 checkpoints = None          # aliases (sd14, tokencompose_a, tokencompose_b), hub ids or UNet folders
-prompts = None              # YAML of figure prompts (default: data/attention_prompts.yaml)
+prompt_file = None          # YAML of figure prompts (default: data/attention_prompts.yaml)
 seeds = None
 timesteps = None            # denoising step indices shown in Figs 3–4 (negative: from the end)
 layers = None               # layer groups, e.g. ["up_64"] (tiny: ["up_32"])
@@ -53,7 +53,7 @@ sdedit_strength = None
 mask_mode = None            # "area" or "original"
 n_bootstrap = None
 batch_size = None
-use_trained = True          # also show stage 02's fine-tuned UNet when its export exists
+use_trained = None          # also show stage 02's fine-tuned UNet when its export exists (default)
 overhead_repeats = None     # timed runs of the capture-overhead check (None: 1 on tiny, 3 otherwise)
 overrides = None            # any other profile overrides {"section.field": value} (the runner passes these)
 out_dir = None
@@ -68,28 +68,27 @@ from PIL import Image
 from myst_nb import glue
 
 from reprolib import viz
-from reprolib.config import load_profile, resolve_device
-from reprolib.io import atomic_save, atomic_write_json
+from reprolib.config import resolve_device, stage_profile
+from reprolib.io import atomic_save, atomic_write_json, repo_path
 from reprolib.models import load_checkpoint_components
 from reprolib.report import glue_banner, glue_provenance, start_stage
 
-params = dict(profile=profile, checkpoints=checkpoints, seeds=seeds, timesteps=timesteps, layers=layers,
+params = dict(checkpoints=checkpoints, prompt_file=prompt_file, seeds=seeds, timesteps=timesteps, layers=layers,
               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, mass_protocol=mass_protocol,
               mass_prompts=mass_prompts, sdedit_strength=sdedit_strength, mask_mode=mask_mode,
-              n_bootstrap=n_bootstrap, batch_size=batch_size, out_dir=out_dir)
-P = load_profile(profile, {**(overrides or {}),
-                           **{f"attention.{k}": v for k, v in params.items() if k not in ("profile", "out_dir")}})
-prov = start_stage("04", P, {**params, "prompts": prompts, "use_trained": use_trained,
-                             "overhead_repeats": overhead_repeats, "overrides": overrides})
+              n_bootstrap=n_bootstrap, batch_size=batch_size, use_trained=use_trained,
+              overhead_repeats=overhead_repeats)
+P = stage_profile(profile, overrides, "attention", params)   # profile < runner overrides < parameters set here
+prov = start_stage("04", P, {**params, "profile": profile, "out_dir": out_dir, "overrides": overrides})
 A = P.attention
 out = Path(out_dir or A.output_dir)
 device = resolve_device(P)
-figure_prompts = viz.load_prompts("tiny" if P.is_tiny else "paper", prompts or viz.PROMPTS_FILE)
+figure_prompts = viz.load_prompts("tiny" if P.is_tiny else "paper", repo_path(A.prompt_file or viz.PROMPTS_FILE))
 glue_banner("attn_", P)
 
 ckpts = list(A.checkpoints)
 trained = Path(P.train.output_dir) / "unet"
-if use_trained and (trained / "config.json").is_file() and str(trained) not in ckpts:
+if A.use_trained and (trained / "config.json").is_file() and str(trained) not in ckpts:
     ckpts.append(str(trained))
 labels = {c: (c if not Path(c).exists() else f"trained ({Path(c).parent.name})") for c in ckpts}
 print("checkpoints:", labels)
@@ -151,7 +150,7 @@ for ckpt in ckpts:
     tables.append(t)
     if ckpt == ckpts[0]:
         overhead = viz.capture_overhead(comps, fig34.prompt, A.layers, A.num_inference_steps, A.guidance_scale,
-                                        repeats=overhead_repeats or (1 if P.is_tiny else 3),
+                                        repeats=A.overhead_repeats or (1 if P.is_tiny else 3),
                                         height=P.model.resolution, width=P.model.resolution,
                                         warmup=False)           # the model has just generated: warm
     del comps

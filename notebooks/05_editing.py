@@ -36,9 +36,10 @@ start_from = None             # "noise" (official) | "noised_source"
 blend_noise_at = None         # "t" (official) | "t_prev"
 seed = None
 precision = None              # "fp16" (official) | "fp32" | "bf16"
+save_as = None                # "strip" (official JPEG strip, what evaluate.py reads) | "png" (the edit alone, lossless)
 n_qualitative = None          # rows of the qualitative grid (default 4)
 process_record = None         # index (into the edited records) shown in the editing-process figure
-use_trained = True            # add stage 02's exported UNet when it exists
+use_trained = None            # add stage 02's exported UNet when it exists (default)
 out_dir = None
 
 # %%
@@ -53,7 +54,7 @@ import torch
 from IPython.display import display
 from myst_nb import glue
 
-from reprolib.config import apply_overrides, load_profile, resolve_device
+from reprolib.config import apply_overrides, resolve_device, stage_profile
 from reprolib.io import atomic_save
 from reprolib.train import with_trained
 from reprolib.editing import (BLDOptions, checkpoint_components, checkpoint_label, edit_checkpoints,
@@ -66,11 +67,11 @@ from reprolib.report import glue_banner, glue_provenance, start_stage
 params = dict(piebench_root=piebench_root, checkpoints=checkpoints, limit=limit, categories=categories,
               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
               blending_start=blending_start, start_from=start_from, blend_noise_at=blend_noise_at,
-              seed=seed, precision=precision)
-P = load_profile(profile, {**(overrides or {}), **{f"editing.{k}": v for k, v in params.items() if v is not None}})
-if use_trained:
+              seed=seed, precision=precision, save_as=save_as, use_trained=use_trained)
+P = stage_profile(profile, overrides, "editing", params)   # profile < runner overrides < parameters set here
+if P.editing.use_trained:
     P = apply_overrides(P, {"editing.checkpoints": with_trained(P.editing.checkpoints, P)})
-prov = start_stage("05", P, {**params, "overrides": overrides, "n_qualitative": n_qualitative, "use_trained": use_trained,
+prov = start_stage("05", P, {**params, "profile": profile, "overrides": overrides, "n_qualitative": n_qualitative,
                              "process_record": process_record, "out_dir": out_dir})
 E = P.editing
 out = repo_path(out_dir or E.output_dir)

@@ -48,7 +48,7 @@ guidance_scale = None
 token_loss_scale = None     # None: the profile's (the paper's 1e-3)
 pixel_loss_scale = None     # None: the profile's (the paper's 5e-5)
 base = None                 # base model folder (None: data/miniworld/base)
-threads = None              # torch CPU threads (None: torch's default)
+threads = None              # torch CPU threads (None: the profile's cpu_threads, else torch's default)
 overrides = None            # any other profile overrides {"section.field": value}
 out_dir = None
 
@@ -61,17 +61,15 @@ from IPython.display import display
 from myst_nb import glue
 
 from reprolib import miniexp
-from reprolib.config import load_profile
+from reprolib.config import stage_profile
 from reprolib.report import glue_banner, glue_provenance, start_stage, world_banner_html
 
-if threads:
-    torch.set_num_threads(int(threads))
 params = dict(profile=profile, experiment=experiment, steps=steps, n_prompts=n_prompts,
               images_per_prompt=images_per_prompt, num_inference_steps=num_inference_steps,
               guidance_scale=guidance_scale, token_loss_scale=token_loss_scale,
-              pixel_loss_scale=pixel_loss_scale, base=base, out_dir=out_dir)
-P = load_profile(profile, {**(overrides or {}), "train.token_loss_scale": token_loss_scale,
-                           "train.pixel_loss_scale": pixel_loss_scale})
+              pixel_loss_scale=pixel_loss_scale, base=base, threads=threads, out_dir=out_dir, overrides=overrides)
+P = stage_profile(profile, overrides, "train",            # profile < runner overrides < parameters set here
+                  dict(token_loss_scale=token_loss_scale, pixel_loss_scale=pixel_loss_scale, cpu_threads=threads))
 size = miniexp.experiment_size(experiment, steps=steps, n_prompts=n_prompts, images_per_prompt=images_per_prompt,
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
 prov = start_stage("06", P, params)

@@ -1,8 +1,10 @@
 """Profiles: every knob of every stage, in one typed object loaded from ``data/profiles/<name>.yaml``.
 
-A profile is the only global state the project has. Stage notebooks take a profile name plus
-overrides (their papermill parameters) and hand the resulting :class:`Profile` to reprolib.
-Overrides use dotted keys (``"train.lr"``) or, where unambiguous, bare field names (``"lr"``).
+A profile is the only global state the project has. Stage notebooks take a profile name, the
+runner's overrides and their own papermill parameters, merge them with :func:`stage_profile`
+(profile < overrides < parameters that are set) and hand the resulting :class:`Profile` to reprolib.
+Overrides use dotted keys (``"train.lr"``), top-level names (``"seed"``) or, where unambiguous, bare
+field names (``"lr"``).
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ class DataConfig:
     sam_id: str = "facebook/sam-vit-huge"
     gsam_limit: int | None = None         # images sent through Grounded-SAM (None: all)
     gsam_batch_size: int = 4              # images per detector/segmenter batch (1: the original, unbatched)
-    pos_tagger: str = "flair/pos-english"  # noun tagger for new captions: flair model id, "hf:<id>" or "lexicon"
+    pos_tagger: str = "flair/pos-english"  # noun tagger: flair model id, "hf:<id>", "lexicon" or "none" (skip the check)
     caption_clip_id: str = "openai/clip-vit-large-patch14-336"  # picks the best of several captions
     original_masks: str | None = None     # folder with the authors' seg/ masks, for the IoU check (None: skip)
     gsam_backend: str = "transformers"    # "official" (groundingdino-py + segment-anything-hq, the authors' code) or "transformers"
@@ -99,6 +101,7 @@ class MultiGenConfig:
     save_threshold: float = 0.01
     n_bootstrap: int = 2000
     prompt_mirror: str | None = None      # folder or base URL holding the official prompt files (None: GitHub)
+    use_trained: bool = True              # add stage 02's exported UNet (Table 1's "ours, retrained") when it exists
     output_dir: str = "runs/multigen"
 
 
@@ -117,6 +120,9 @@ class AttentionConfig:
     mask_mode: str = "area"               # "area" (coverage-weighted) or "original" (token loss's resize, > 0)
     n_bootstrap: int = 2000
     batch_size: int = 8
+    prompt_file: str | None = None        # YAML of figure prompts (None: data/attention_prompts.yaml)
+    overhead_repeats: int | None = None   # timed runs of the capture-overhead check (None: 1 on tiny, 3 otherwise)
+    use_trained: bool = True              # also show stage 02's fine-tuned UNet when its export exists
     output_dir: str = "runs/attention"
 
 
@@ -135,8 +141,10 @@ class EditingConfig:
     precision: str = "fp16"               # "fp16" (official BLD script), "fp32" or "bf16"
     categories: list[str] | None = None   # editing_type_id values to run (None: all ten)
     resolution: int | None = None         # edit size in pixels (None: model.resolution; official 512)
+    save_as: str = "strip"                # "strip": the official JPEG strip evaluate.py crops; "png": the edit alone, lossless
     dino_id: str = "facebook/dino-vitb8"
     clip_id: str = "openai/clip-vit-large-patch14"
+    use_trained: bool = True              # add stage 02's exported UNet when it exists
     output_dir: str = "runs/editing"
 
 
@@ -250,6 +258,8 @@ def resolve_key(key: str) -> str:
         if sec not in types_ or not dataclasses.is_dataclass(types_[sec]) or leaf not in _field_types(types_[sec]):
             raise ConfigError(f"unknown profile field: {key}")
         return key
+    if key in _field_types(Profile) and not dataclasses.is_dataclass(_field_types(Profile)[key]):
+        return key                                       # a top-level field (seed, device, ...) is its own path
     paths = _leaf_index().get(key)
     if not paths:
         raise ConfigError(f"unknown profile field: {key}")
@@ -321,11 +331,62 @@ def load_profile(name: str | None = None, overrides: Mapping[str, Any] | None = 
     return apply_overrides(profile, merged)
 
 
+def stage_profile(profile: str | None, overrides: Mapping[str, Any] | None, section: str,
+                  params: Mapping[str, Any] | None = None) -> Profile:
+    """The profile a stage notebook runs with; every stage builds its ``P`` with this one call.
+
+    Precedence, lowest first: the profile's YAML, then ``overrides`` (what ``python -m reprolib run -p
+    section.field value`` passes to every stage), then the notebook's own papermill parameters
+    (``params``) that are set. A parameter left at None means "not given": it never hides an
+    override, so the runner's values reach every stage. Keys of ``params`` are field names of
+    ``section`` (``n_prompts`` → ``multigen.n_prompts``; ``seed`` → ``editing.seed`` for ``editing``),
+    dotted paths, or top-level fields the section lacks (``cpu_threads``).
+
+    >>> stage_profile("paper", {"multigen.n_prompts": 10}, "multigen", {"n_prompts": None}).multigen.n_prompts
+    10
+    """
+    own = set(_field_types(_field_types(Profile)[section]))
+    given = {(f"{section}.{k}" if k in own or "." not in k and k not in _field_types(Profile) else k): v
+             for k, v in (params or {}).items() if v is not None}
+    return load_profile(profile, {**(overrides or {}), **given})
+
+
 def apply_runtime(profile: Profile) -> None:
     """Apply the profile's process-wide runtime settings (CPU thread count)."""
     if profile.cpu_threads:
         import torch
         torch.set_num_threads(profile.cpu_threads)
+
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def effective_precision(precision: str, device: Any, key: str) -> str:
+    """The one precision policy of every stage: what a requested precision runs as on `device`.
+
+    On an accelerator, the request. On CPU, always fp32: half-precision CPU kernels are missing or many
+    times slower than fp32 (Blended Latent Diffusion in fp16 stalled for 9+ minutes on a 512² image), so
+    an fp16/bf16 request runs in fp32 with a warning naming the profile field `key`. ``"no"`` (accelerate's
+    name for full precision, ``train.mixed_precision``) means fp32.
+    """
+    import warnings
+
+    import torch
+    name = "fp32" if precision == "no" else precision
+    if name not in PRECISIONS:
+        raise ConfigError(f"{key} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if name != "fp32" and torch.device(device).type == "cpu":
+        warnings.warn(f"{key} = {precision} on CPU: running in fp32 (half-precision CPU kernels are "
+                      f"missing or slow)", stacklevel=2)
+        return "fp32"
+    return name
+
+
+def precision_dtype(precision: str, device: Any, key: str):
+    """:func:`effective_precision` as a torch dtype."""
+    import torch
+    name = effective_precision(precision, device, key)
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
 def resolve_device(profile: Profile) -> str:

@@ -502,9 +502,15 @@ def flair_tagger(model_id: str = "flair/pos-english") -> Tagger:
     try:
         from flair.data import Sentence
         from flair.models import SequenceTagger
-    except ImportError as e:
-        raise ImportError(f"pos tagger {model_id!r} needs flair: pip install flair") from e
-    tagger = SequenceTagger.load(model_id)
+    except ImportError:
+        raise ImportError(f"data.pos_tagger {model_id!r} (the authors' noun tagger) needs flair: pip install flair "
+                          f"(or pip install -e '.[pos]'); -p data.pos_tagger none skips the noun check") from None
+    try:
+        tagger = SequenceTagger.load(model_id)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise OSError(f"data.pos_tagger {model_id!r} could not be loaded: {first}; "
+                      f"-p data.pos_tagger none skips the noun check") from None
 
     def tag(text: str) -> list[tuple[str, str]]:
         sentence = Sentence(text)
@@ -513,8 +519,15 @@ def flair_tagger(model_id: str = "flair/pos-english") -> Tagger:
     return tag
 
 
-def make_tagger(spec: str, vocabulary: Iterable[str] | None = None, device: str | int | None = None) -> Tagger:
-    """``"lexicon"`` (needs ``vocabulary``; default: the miniworld's nouns), ``"hf:<model id>"``, or a flair model id."""
+NO_TAGGER = "none"
+
+
+def make_tagger(spec: str, vocabulary: Iterable[str] | None = None, device: str | int | None = None) -> Tagger | None:
+    """``"lexicon"`` (needs ``vocabulary``; default: the miniworld's nouns), ``"hf:<model id>"``, a flair model id,
+    or ``"none"``: the explicit opt-out of the noun check (returns None). A tagger that cannot be built
+    raises a one-line error saying what to install; it is never skipped silently."""
+    if spec == NO_TAGGER:
+        return None
     if spec == "lexicon":
         if vocabulary is None:
             from .miniworld import CATEGORIES

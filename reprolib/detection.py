@@ -166,9 +166,8 @@ def miniworld_detector(device: str = "cpu", weights: str | None = None) -> Detec
 def load_detector(detector_id: str, tiny: bool = False, device: str = "cpu", precision: str = "fp32",
                   backend: str = "pil", seed: int = 0) -> Detector:
     """Detector for a profile: on the tiny profile the default OWLv2 id becomes ``tiny-owlv2``."""
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    if dtype is None:
-        raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+    from .config import precision_dtype
+    dtype = precision_dtype(precision, device, "multigen.precision")
     if detector_id == MINIWORLD:
         return miniworld_detector(device)
     if detector_id == TINY_OWLV2 or (tiny and detector_id == OWLV2_LARGE):

@@ -26,10 +26,17 @@ of cure-lab/PnPInversion, itself a copy of omriav/blended-latent-diffusion's
   ``randn_like`` on the GPU, i.e. the CUDA generator, both seeded 1234. This is reproduced with two
   local generators (on a CPU run the official code would draw both from the one CPU generator, and
   so does this code).
-* **Precision**: the official script runs VAE, text encoder and UNet in fp16 (``precision``).
+* **Precision**: the official script runs VAE, text encoder and UNet in fp16 (``precision``); on CPU every
+  stage runs fp32 (:func:`reprolib.config.effective_precision`).
 * **Output**: decoded with ``1 / 0.18215 · latents`` (likewise the VAE's factor), ``(x / 2 + 0.5).clamp(0, 1)``, ``round(x · 255)``;
-  saved as JPEG with PIL's default quality (75) at the record's ``image_path``, as the official script
-  does (it saves a 4-panel strip; the edited panel is 16-pixel aligned, so its JPEG blocks decode the same).
+  saved at the record's ``image_path`` as the official script saves it: a side-by-side strip
+  ``[prompt text | source | black | edit]`` in one JPEG with PIL's defaults (quality 75, 4:2:0 chroma),
+  from which PIE-Bench's ``evaluate.py`` crops the last square (:func:`reprolib.metrics.load_edited`).
+  The strip matters: JPEG's chroma upsampling at decode reads the neighbouring panel, so the crop's
+  first column differs from a JPEG of the edit alone (by up to 28 levels on a coloured test image); the
+  neighbour is always black, so the crop depends on the edit only (``save_as="strip"``, the default).
+  ``save_as="png"`` saves the edit alone, lossless, beside it (``<image_path>.png``): exact pixels, not
+  the ones the published numbers were computed from.
 
 Variants (never the default): ``start_from="noised_source"`` starts from the source noised to the first
 timestep (the paper's Algorithm 1, SDEdit-style); ``blend_noise_at="t_prev"`` noises the background to the
@@ -58,7 +65,7 @@ LATENT_SCALE = 0.18215
 OFFICIAL_SEED = 1234
 START_FROM = ("noise", "noised_source")
 BLEND_NOISE_AT = ("t", "t_prev")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SAVE_AS = ("strip", "png")
 OPTIONS_FILE = "bld_options.json"
 
 
@@ -84,6 +91,7 @@ class BLDOptions:
     blend_noise_at: str = "t"             # "t" (official) | "t_prev"
     seed: int = OFFICIAL_SEED
     resolution: int = 512                 # images are resized to resolution² (official: 512)
+    save_as: str = "strip"                # "strip" (official JPEG strip, what evaluate.py reads) | "png"
 
     def __post_init__(self) -> None:
         if self.num_inference_steps < 1:
@@ -96,6 +104,8 @@ class BLDOptions:
             raise EditingError(f"blend_noise_at must be one of {BLEND_NOISE_AT}, got {self.blend_noise_at!r}")
         if self.resolution < 8:
             raise EditingError(f"resolution must be >= 8 pixels, got {self.resolution}")
+        if self.save_as not in SAVE_AS:
+            raise EditingError(f"editing.save_as must be one of {SAVE_AS}, got {self.save_as!r}")
 
     @classmethod
     def from_profile(cls, profile) -> "BLDOptions":
@@ -103,14 +113,7 @@ class BLDOptions:
         e = profile.editing
         return cls(num_inference_steps=e.num_inference_steps, guidance_scale=e.guidance_scale,
                    blending_start=e.blending_start, start_from=e.start_from, blend_noise_at=e.blend_noise_at,
-                   seed=e.seed, resolution=e.resolution or profile.model.resolution)
-
-
-def resolve_dtype(precision: str) -> torch.dtype:
-    """``"fp16"``/``"bf16"``/``"fp32"`` → torch dtype; names the parameter when unknown."""
-    if precision not in DTYPES:
-        raise EditingError(f"precision must be one of {', '.join(DTYPES)}, got {precision!r}")
-    return DTYPES[precision]
+                   seed=e.seed, resolution=e.resolution or profile.model.resolution, save_as=e.save_as)
 
 
 def bld_scheduler():
@@ -140,6 +143,50 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
             im = im.convert("RGB")
         im = im.resize((size, size), Image.BILINEAR)
         return np.array(im)[:, :, :3]
+
+
+def prompt_panel(text: str, size: int) -> np.ndarray:
+    """The strip's first panel, as PnPInversion's ``txt_draw``: the text at (−0.1, 1.1) in axes units,
+    3.5 pt, wrapped, on a 1-inch 300-dpi matplotlib figure without axes, resized to size² (Lanczos)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+    fig = Figure(figsize=(1, 1), dpi=300)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.text(-0.1, 1.1, text, fontsize=3.5, wrap=True, verticalalignment="top", horizontalalignment="left")
+    ax.axis("off")
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[:, :, :3]
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.LANCZOS))
+
+
+def official_strip(source: np.ndarray, edited: np.ndarray, prompt: str) -> np.ndarray:
+    """``[text | source | black | edit]`` side by side: what the official BLD script saves for one record.
+
+    The text is ``"edit prompt: ['<prompt>']"`` (the script formats the one-prompt list it passes).
+    """
+    side = edited.shape[0]
+    if source.shape != edited.shape or edited.shape[:2] != (side, side):
+        raise EditingError(f"strip panels must be equal squares, got {source.shape} and {edited.shape}")
+    text = prompt_panel(f"edit prompt: {[prompt]}", side)
+    return np.concatenate([text, source, np.zeros_like(text), edited], axis=1)
+
+
+def edited_path(root: str | Path, image_path: str, save_as: str = "strip") -> Path:
+    """Where an edit is saved: the strip at ``<root>/<image_path>``, or ``<image_path>`` with ``.png``."""
+    path = Path(root) / image_path
+    return path if save_as == "strip" else path.with_suffix(".png")
+
+
+def save_edit(dest: Path, source: np.ndarray, edited: np.ndarray, prompt: str, save_as: str = "strip") -> Path:
+    """Write one edit atomically: the official JPEG strip (PIL's default quality) or the edit alone as PNG."""
+    from PIL import Image
+    if save_as == "png":
+        pil = Image.fromarray(edited)
+        return atomic_save(dest, lambda p: pil.save(p, format="PNG"))
+    pil = Image.fromarray(official_strip(source, edited, prompt))
+    return atomic_save(dest, lambda p: pil.save(p, format="JPEG"))
 
 
 def latent_mask(mask: np.ndarray, latent_hw: tuple[int, int]) -> torch.Tensor:
@@ -330,9 +377,11 @@ def checkpoint_components(base, checkpoint: str, base_name: str, seed: int = 0):
 
 
 def load_base(base_name: str, seed: int, precision: str, device: str | torch.device):
-    """The pipeline parts every checkpoint shares, in `precision` on `device`, ready for editing."""
+    """The pipeline parts every checkpoint shares, in `precision` on `device` (fp32 on CPU: the project's
+    one policy, :func:`reprolib.config.precision_dtype`), ready for editing."""
+    from .config import precision_dtype
     from .models import load_components
-    dtype = resolve_dtype(precision)
+    dtype = precision_dtype(precision, device, "editing.precision")
     # fp32 is what the weights hold: no cast (diffusers warns about casts it cannot check)
     comps = load_components(base_name, seed=seed, dtype=None if dtype == torch.float32 else dtype, scheduler="ddim")
     for m in (comps.unet, comps.vae, comps.text_encoder):
@@ -369,29 +418,29 @@ def target_word(record) -> str | None:
 def edit_records(records: Sequence, components, out_root: str | Path, options: BLDOptions,
                  device: str | torch.device = "cpu", signature: dict[str, Any] | None = None,
                  rerun: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Edit every PIE-Bench record into ``<out_root>/<image_path>`` (JPEG, as the official script).
+    """Edit every PIE-Bench record into ``<out_root>/<image_path>`` (:func:`save_edit`: the official strip,
+    or the edit alone as PNG).
 
     Resumable: existing images are kept unless `rerun`, or unless ``<out_root>/bld_options.json``
-    records a different `signature`: then the records' stale images are deleted before the new
-    signature is written, so an interrupted run never mixes settings. Returns one row per record.
+    records a different `signature`: then the records' stale images (either format) are deleted before
+    the new signature is written, so an interrupted run never mixes settings. Returns one row per record.
     """
     out_root = Path(out_root)
     sig = json.loads(json.dumps(signature or asdict(options)))
     sig_path = out_root / OPTIONS_FILE
     if rerun or (sig_path.is_file() and json.loads(sig_path.read_text()) != sig):
         for rec in records:
-            (out_root / rec.image_path).unlink(missing_ok=True)
+            for fmt in SAVE_AS:
+                edited_path(out_root, rec.image_path, fmt).unlink(missing_ok=True)
     atomic_write_json(sig_path, sig)
     rows = []
     for rec in tqdm(records, desc="BLD edits", disable=not progress):
-        dest = out_root / rec.image_path
+        dest = edited_path(out_root, rec.image_path, options.save_as)
         t0 = time.perf_counter()
         if not dest.is_file():
             image = load_image(rec.source_path, options.resolution)
             result = blended_latent_diffusion(components, image, rec.mask(), rec.target_prompt, options, device)
-            from PIL import Image
-            pil = Image.fromarray(result.image)
-            atomic_save(dest, lambda p, im=pil: im.save(p, format="JPEG"))
+            save_edit(dest, image, result.image, rec.target_prompt, options.save_as)
             status = "edited"
         else:
             status = "kept"
@@ -403,7 +452,11 @@ def edit_records(records: Sequence, components, out_root: str | Path, options: B
 def edit_checkpoints(records: Sequence, base, base_name: str, checkpoints: Sequence[str], options: BLDOptions,
                      out_root: str | Path, device: str | torch.device, precision: str, seed: int = 0,
                      progress: bool = True) -> pd.DataFrame:
-    """Edit every record with every checkpoint into ``<out_root>/<checkpoint label>/``; one row per edit."""
+    """Edit every record with every checkpoint into ``<out_root>/<checkpoint label>/``; one row per edit.
+
+    The signature records the precision the edits are made in on `device` (fp32 on CPU)."""
+    from .config import effective_precision
+    precision = effective_precision(precision, device, "editing.precision")
     frames = []
     for ckpt in checkpoints:
         comps = checkpoint_components(base, ckpt, base_name, seed)
@@ -443,16 +496,15 @@ def world_edit_success(records: Sequence, checkpoints: Sequence[str], out_root: 
     """
     from PIL import Image
 
+    from .metrics import load_edited
     from .worlddetector import load_world_detector, present
     det = detector or load_world_detector()
     rows = []
+    sources = [np.asarray(Image.open(rec.source_path).convert("RGB")) for rec in records]
     for ckpt in ["source", *checkpoints]:
-        paths = [rec.source_path if ckpt == "source" else Path(out_root) / checkpoint_label(ckpt) / rec.image_path
-                 for rec in records]
-        missing = [str(q) for q in paths if not q.is_file()]
-        if missing:
-            raise FileNotFoundError(f"edited image not found: {missing[0]}")
-        images = np.stack([np.asarray(Image.open(q).convert("RGB")) for q in paths])
+        images = np.stack(sources if ckpt == "source" else       # the edit as evaluate.py reads it
+                          [load_edited(Path(out_root) / checkpoint_label(ckpt) / rec.image_path, src.shape[1::-1])
+                           for rec, src in zip(records, sources)])
         for rec, found in zip(records, present(det, images, threshold)):
             meta = edits.get(rec.id)
             if meta is None:

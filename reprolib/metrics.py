@@ -404,10 +404,14 @@ def load_edited(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """Read an edited image as (H, W, 3) uint8; a non-square one is cut to its bottom-right `size` (W, H) panel.
 
     The official editors save ``[instruction | source | … | edited]`` strips and ``evaluate.py``
-    crops the last 512×512 panel; here the panel takes the source's size (512² on PIE-Bench).
+    crops the last 512×512 panel; here the panel takes the source's size (512² on PIE-Bench). `path` is
+    ``<edits>/<image_path>``; an edit saved losslessly (``editing.save_as: png``) is read from the ``.png``
+    beside it (a run keeps one of the two: a change of format deletes the other).
     """
     from PIL import Image
     path = Path(path)
+    if not path.is_file() and path.with_suffix(".png").is_file():
+        path = path.with_suffix(".png")
     if not path.is_file():
         raise FileNotFoundError(f"edited image not found: {path}")
     with Image.open(path) as im:

@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .config import Profile, resolve_device
+from .config import Profile, effective_precision, precision_dtype, resolve_device
 from .io import (REPO_ROOT, SIGNATURE_FILE, ChecksumError, atomic_save, atomic_write_json, download, repo_path,
                  reset_if_changed)
 from .models import (CHECKPOINTS, WORLD, ModelLoadError, SD14, checkpoint_label, load_checkpoint_components,
@@ -220,24 +220,24 @@ class GenSettings:
     attention: str = "sdpa"          # "sdpa" (AttnProcessor2_0) or "classic" (AttnProcessor, the original's)
 
 
-def gen_settings(profile: Profile) -> GenSettings:
-    """Settings of a profile; ``multigen.faithful`` forces the original's fp32, batch 1, classic attention."""
+def gen_settings(profile: Profile, device: str | torch.device | None = None) -> GenSettings:
+    """Settings of a profile; ``multigen.faithful`` forces the original's fp32, batch 1, classic attention.
+
+    The precision is the one the images are made in on `device` (default: the profile's), by the one
+    policy of :func:`reprolib.config.effective_precision` (fp32 on CPU).
+    """
     cfg = profile.multigen
     faithful = cfg.faithful
+    precision = effective_precision("fp32" if faithful else cfg.precision, device or _device(profile),
+                                    "multigen.precision")
     return GenSettings(cfg.num_inference_steps, cfg.guidance_scale, profile.model.resolution,
-                       1 if faithful else cfg.batch_size, "fp32" if faithful else cfg.precision,
+                       1 if faithful else cfg.batch_size, precision,
                        cfg.safety_checker, profile.seed, "classic" if faithful else "sdpa")
 
 
 def torch_dtype(precision: str, device: str | torch.device) -> torch.dtype:
-    """fp32/fp16/bf16 → dtype; fp16 on CPU falls back to fp32 (with a warning): CPU half kernels are missing or slow."""
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in table:
-        raise MultiGenError(f"precision must be one of {', '.join(table)}, got {precision!r}")
-    if precision == "fp16" and torch.device(device).type == "cpu":
-        warnings.warn("fp16 requested on CPU: using fp32", stacklevel=2)
-        return torch.float32
-    return table[precision]
+    """fp32/fp16/bf16 → dtype on `device`, by the project's one policy (:func:`reprolib.config.precision_dtype`)."""
+    return precision_dtype(precision, device, "multigen.precision")
 
 
 def image_id(prompt_id: int, index: int) -> str:
@@ -729,10 +729,9 @@ def run_detection(profile: Profile, prompt_sets: Mapping[str, PromptSet], progre
     from .detection import detect_folder, load_detector
 
     mg, paths = profile.multigen, stage_paths(profile)
-    precision = "fp32" if mg.faithful else mg.precision
     device = _device(profile)
-    det = load_detector(mg.detector_id, tiny=profile.is_tiny, device=device,
-                        precision=precision if torch.device(device).type != "cpu" else "fp32",
+    precision = effective_precision("fp32" if mg.faithful else mg.precision, device, "multigen.precision")
+    det = load_detector(mg.detector_id, tiny=profile.is_tiny, device=device, precision=precision,
                         backend=backend, seed=profile.model.seed)
     rows = []
     det_sig = {"detector_id": mg.detector_id, "precision": precision, "save_threshold": mg.save_threshold,

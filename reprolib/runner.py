@@ -2,14 +2,19 @@
 
 Stage caching works like ``dvc repro``: a stage re-runs only when its notebook, its parameters,
 reprolib's source, or an upstream stage changed (the cache key chains through the upstream keys).
-A failing stage stops the run, names the partial notebook, and leaves earlier outputs in place.
+A failing stage stops the run, names the partial notebook, and leaves earlier outputs in place. A
+kernel that dies (killed by the out-of-memory killer, a segfault in an extension) is reported with
+the stage, the cause as far as it is known (exit signal or code, the kernel's peak memory against the
+machine's) and the partial notebook, whose cells after the one that was running are marked pending.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,13 +106,129 @@ def parse_params(pairs: Sequence[Sequence[str]] | None, params_file: str | None)
     return out
 
 
+class MemoryWatch:
+    """Peak resident memory of this process's children (the stage kernel and its workers), and the
+    machine's lowest available memory, sampled every `interval` seconds in a background thread."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.peak_rss, self.min_available = interval, 0, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        import psutil
+        rss = 0
+        for child in psutil.Process().children(recursive=True):
+            try:
+                rss += child.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        self.peak_rss = max(self.peak_rss, rss)
+        avail = psutil.virtual_memory().available
+        self.min_available = avail if self.min_available is None else min(self.min_available, avail)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> "MemoryWatch":
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def death_cause(returncode: int | None, peak_rss: int = 0, min_available: int | None = None,
+                total: int | None = None) -> str:
+    """Why a kernel died, in words: its exit signal or code, and whether memory ran out.
+
+    The out-of-memory killer sends SIGKILL; memory is named as the likely cause when the kernel was
+    killed that way while the machine had (almost) no memory left, or the kernel held most of it.
+    """
+    import psutil
+    total = total or psutil.virtual_memory().total
+    gib = 2 ** 30
+    memory = f"kernel peak memory {peak_rss / gib:.1f} GiB of {total / gib:.1f} GiB"
+    if returncode is None:
+        return f"cause unknown; {memory}"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        what = f"killed by signal {-returncode} ({name})"
+        if -returncode == signal.SIGKILL:
+            starved = (min_available is not None and min_available < 0.05 * total) or peak_rss > 0.8 * total
+            if starved:
+                return f"{what}: out of memory ({memory}); lower the batch or chunk sizes"
+            return f"{what}: by the out-of-memory killer or by hand ({memory})"
+        return f"{what}; {memory}"
+    return f"exited with code {returncode}; {memory}"
+
+
+def mark_dead_kernel(path: Path, cause: str) -> None:
+    """Make a partial notebook tell the truth after its kernel died: papermill marks every cell
+    'completed' in that case; the cell that was running becomes 'failed' (with the cause as its
+    error output) and the cells that never started 'pending'."""
+    import nbformat
+    nb = nbformat.read(str(path), as_version=4)
+    running = None
+    for i, cell in enumerate(nb.cells):
+        meta = cell.metadata.get("papermill", {})
+        if meta.get("start_time") is None:
+            meta.update(status="pending", end_time=None, duration=None)
+        else:
+            running = i
+    if running is not None:
+        cell = nb.cells[running]
+        cell.metadata.papermill.update(status="failed", exception=True)
+        if cell.cell_type == "code":
+            cell.outputs.append(nbformat.v4.new_output("error", ename="DeadKernelError",
+                                                       evalue=f"Kernel died: {cause}", traceback=[]))
+    nb.metadata.setdefault("papermill", {})["exception"] = True
+    from .io import atomic_save
+    atomic_save(path, lambda p: nbformat.write(nb, str(p)))
+
+
+def execute_stage(stage: Stage, output: Path, parameters: Mapping[str, Any], kernel: str = "python3") -> None:
+    """Run one stage notebook with papermill into `output`; raise :class:`StageFailed` naming the stage,
+    the error (or how the kernel died) and the partial notebook."""
+    import papermill as pm
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+    from nbclient.exceptions import DeadKernelError
+
+    km = AsyncKernelManager(kernel_name=kernel)          # ours, so its exit status can be read afterwards
+    try:
+        with MemoryWatch() as watch:
+            try:
+                pm.execute_notebook(str(stage.path), str(output), parameters=dict(parameters), kernel_name=kernel,
+                                    cwd=str(ROOT), progress_bar=False, km=km)
+            except pm.PapermillExecutionError as e:
+                raise StageFailed(f"stage {stage.name} failed: {e.ename}: {e.evalue} "
+                                  f"(partial notebook: {output})") from None
+            except DeadKernelError:
+                process = getattr(km.provisioner, "process", None)
+                code = process.poll() if process is not None else None
+                watch.sample()
+                cause = death_cause(code, watch.peak_rss, watch.min_available)
+                if output.is_file():
+                    mark_dead_kernel(output, cause)
+                raise StageFailed(f"stage {stage.name} failed: kernel died, {cause} "
+                                  f"(partial notebook: {output})") from None
+    finally:
+        if km.has_kernel:                                 # shutting down also removes its connection file
+            run_sync(km.shutdown_kernel)(now=True)
+
+
 def run_stages(profile: str = "tiny", overrides: Mapping[str, Any] | None = None, only: Sequence[str] | None = None,
                force: bool = False, stage_dir: Path = STAGE_DIR, notebooks: Path = NOTEBOOKS,
                kernel: str = "python3", log=print) -> list[tuple[str, str]]:
     """Execute the stages; returns ``[(stage, "ran"|"cached")]``. Raises :class:`StageFailed`."""
     import os
-
-    import papermill as pm
 
     # A kernel started with MPLBACKEND=Agg never gets the inline backend, so its figures carry no PNG
     # and glue pastes nothing into the book: the stage kernels always use the inline backend.
@@ -140,11 +261,7 @@ def run_stages(profile: str = "tiny", overrides: Mapping[str, Any] | None = None
         t0 = time.time()
         cache.pop(st.id, None)
         atomic_write_json(stage_dir / CACHE_FILE, cache)
-        try:
-            pm.execute_notebook(str(st.path), str(output), parameters=params, kernel_name=kernel,
-                                cwd=str(ROOT), progress_bar=False)
-        except pm.PapermillExecutionError as e:
-            raise StageFailed(f"stage {st.name} failed: {e.ename}: {e.evalue} (partial notebook: {output})") from None
+        execute_stage(st, output, params, kernel)
         cache[st.id] = {"key": key, "profile": profile, "seconds": round(time.time() - t0, 1),
                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic_write_json(stage_dir / CACHE_FILE, cache)

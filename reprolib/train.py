@@ -53,7 +53,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -63,7 +63,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from .attention import install_capture, uninstall_capture
-from .config import Profile, TrainConfig, resolve_device
+from .config import Profile, TrainConfig, effective_precision, precision_dtype, resolve_device
 from .io import atomic_save, atomic_write_json
 from .losses import GroundingTargets, grounding_losses, resize_masks
 from .models import weights_identity
@@ -654,15 +654,18 @@ def _prepare(P: Profile, comps, dataset: Dataset, out: Path, epoch_tail: str) ->
     cfg = P.train
     _fresh_accelerator_state()
     plan = plan_batches(cfg, PartialState().num_processes)
+    on_cpu = resolve_device(P) == "cpu"
+    mp = effective_precision(plan.mixed_precision, "cpu" if on_cpu else "cuda", "train.mixed_precision")
+    plan = replace(plan, mixed_precision="no" if mp == "fp32" else mp)   # the one policy: fp32 on CPU
     has_tb = importlib.util.find_spec("tensorboard") is not None
     accelerator = Accelerator(
         gradient_accumulation_steps=plan.grad_accum, mixed_precision=plan.mixed_precision,
-        cpu=resolve_device(P) == "cpu",
+        cpu=on_cpu,
         log_with="tensorboard" if has_tb else None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
     set_seed(cfg.seed)
     device = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(plan.mixed_precision, torch.float32)
+    weight_dtype = precision_dtype(plan.mixed_precision, device, "train.mixed_precision")
 
     unet, vae, text_encoder = comps.unet, comps.vae, comps.text_encoder
     vae.requires_grad_(False).eval().to(device, dtype=torch.float32)   # fp32: every step, or once for the cache

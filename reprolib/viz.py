@@ -47,7 +47,7 @@ from __future__ import annotations
 import statistics
 import string
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -443,22 +443,42 @@ def mass_table(records: Sequence[AttentionRecord], masks: Sequence[Mapping[str, 
     return pd.DataFrame(rows, columns=cols)
 
 
+def _without_maps(records: Sequence[AttentionRecord]) -> list[AttentionRecord]:
+    return [replace(r, maps={}) for r in records]
+
+
+def _concat_tables(tables: list) -> "pd.DataFrame":  # noqa: F821
+    """Chunks' mass tables as one (the empty table's columns when there is nothing)."""
+    import pandas as pd
+    nonempty = [t for t in tables if len(t)]
+    return pd.concat(nonempty, ignore_index=True) if nonempty else mass_table([], [], None)
+
+
 def sdedit_mass(components, scenes: Sequence, seeds: int | Sequence[int], layers: Sequence[str],
                 num_inference_steps: int, guidance_scale: float, strength: float, checkpoint: str = "",
                 mode: str = "area", batch_size: int = 8, progress: bool = False):
     """Tiny-profile protocol: SDEdit from :mod:`reprolib.miniworld` scenes, scored on their exact masks.
 
     Each scene's caption is the prompt and its image, noised to ``strength``, the start; the scene's
-    visible masks are the ground truth. Returns ``(table, records)``; ``prompt_id`` is the scene index.
+    visible masks are the ground truth. Scenes go through in chunks of `batch_size` (``attention.batch_size``)
+    and each chunk's maps are dropped once scored, so memory does not grow with the number of scenes.
+    Returns ``(table, records)``: the records keep image, timesteps and meta, not maps; ``prompt_id`` is
+    the scene index.
     """
     seeds = [int(seeds)] * len(scenes) if isinstance(seeds, (int, np.integer)) else list(seeds)
-    records = generate_with_attention(
-        components, [s.caption for s in scenes], seeds, layers, num_inference_steps, guidance_scale,
-        init_images=[s.image for s in scenes], strength=strength, batch_size=batch_size,
-        checkpoint=checkpoint, progress=progress)
-    table = mass_table(records, [s.masks for s in scenes], components.tokenizer, mode,
-                       prompt_ids=list(range(len(scenes))))
-    return table, records
+    if len(seeds) != len(scenes):
+        raise ValueError(f"{len(seeds)} seeds for {len(scenes)} scenes")
+    tables, kept = [], []
+    for s in tqdm(range(0, len(scenes), max(1, batch_size)), desc="SDEdit mass", disable=not progress, leave=False):
+        chunk = scenes[s:s + batch_size]
+        records = generate_with_attention(
+            components, [sc.caption for sc in chunk], seeds[s:s + batch_size], layers, num_inference_steps,
+            guidance_scale, init_images=[sc.image for sc in chunk], strength=strength, batch_size=batch_size,
+            checkpoint=checkpoint)
+        tables.append(mass_table(records, [sc.masks for sc in chunk], components.tokenizer, mode,
+                                 prompt_ids=list(range(s, s + len(chunk)))))
+        kept += _without_maps(records)
+    return _concat_tables(tables), kept
 
 
 def generated_mass(components, specs: Sequence[PromptSpec], seeds: Sequence[int], segment: Segmenter,
@@ -468,20 +488,27 @@ def generated_mass(components, specs: Sequence[PromptSpec], seeds: Sequence[int]
     """Paper-profile protocol: generate from noise, segment each noun in the final image, score.
 
     ``segment(image, nouns)`` returns ``{noun: bool mask}`` for the nouns it found (Grounded-SAM in
-    stage 01). Returns ``(table, records, missing)``; ``missing`` lists (prompt index, seed, noun) the
-    segmenter did not find, which the table cannot score.
+    stage 01). (prompt, seed) pairs go through in chunks of `batch_size` (``attention.batch_size``), each
+    chunk's maps dropped once scored. Returns ``(table, records, missing)``: the records keep image,
+    timesteps and meta, not maps; ``missing`` lists (prompt index, seed, noun) the segmenter did not
+    find, which the table cannot score.
     """
     pairs = [(i, sp, int(s)) for i, sp in enumerate(specs) for s in seeds]
-    records = generate_with_attention(components, [p[1].prompt for p in pairs], [p[2] for p in pairs], layers,
-                                      num_inference_steps, guidance_scale, height, width, batch_size=batch_size,
-                                      checkpoint=checkpoint, progress=progress)
-    masks, missing = [], []
-    for (i, sp, s), rec in zip(pairs, records):
-        found = dict(segment(rec.image, list(sp.nouns)))
-        masks.append({n: found[n] for n in sp.nouns if n in found and np.asarray(found[n]).any()})
-        missing += [(i, s, n) for n in sp.nouns if n not in masks[-1]]
-    table = mass_table(records, masks, components.tokenizer, mode, prompt_ids=[p[0] for p in pairs])
-    return table, records, missing
+    tables, kept, missing = [], [], []
+    step = max(1, batch_size)
+    for c in tqdm(range(0, len(pairs), step), desc="generated mass", disable=not progress, leave=False):
+        chunk = pairs[c:c + step]
+        records = generate_with_attention(components, [p[1].prompt for p in chunk], [p[2] for p in chunk], layers,
+                                          num_inference_steps, guidance_scale, height, width, batch_size=step,
+                                          checkpoint=checkpoint)
+        masks = []
+        for (i, sp, s), rec in zip(chunk, records):
+            found = dict(segment(rec.image, list(sp.nouns)))
+            masks.append({n: found[n] for n in sp.nouns if n in found and np.asarray(found[n]).any()})
+            missing += [(i, s, n) for n in sp.nouns if n not in masks[-1]]
+        tables.append(mass_table(records, masks, components.tokenizer, mode, prompt_ids=[p[0] for p in chunk]))
+        kept += _without_maps(records)
+    return _concat_tables(tables), kept, missing
 
 
 def gsam_segmenter(gsam) -> Segmenter:

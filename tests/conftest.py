@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,9 @@ import torch
 
 # Toy-sized kernels: one intra-op thread is faster than two, and far faster when the CPU is shared
 # (measured: the tiny pipeline ran 12x slower with 2 threads beside one other busy process).
-torch.set_num_threads(1)
+# REPROLIB_TEST_THREADS=2 runs the suite with two: float comparisons must hold for any thread count.
+THREADS = int(os.environ.get("REPROLIB_TEST_THREADS", "1"))
+torch.set_num_threads(THREADS)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokencompose"
 
@@ -42,3 +45,4 @@ def tiny_unet():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+    torch.set_num_threads(THREADS)          # a stage's start_stage() applies its profile's cpu_threads

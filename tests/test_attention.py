@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from _floats import assert_close_scaled
 from reprolib.attention import (AttentionStore, attention_layers, install_capture, split_spatial,
                                 uninstall_capture)
 
@@ -24,7 +25,7 @@ def test_output_equals_stock_processors(tiny_unet):
         ref = tiny_unet(x, t, e).sample
         store = install_capture(tiny_unet, LAYERS)
         out = tiny_unet(x, t, e).sample
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert_close_scaled(out, ref, rtol=1e-5)          # explicit softmax vs fused SDPA: rounding only
     assert set(store.maps) == set(LAYERS)
 
 

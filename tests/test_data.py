@@ -317,14 +317,35 @@ def test_hf_tagger_output_feeds_the_merge():
     assert data.merge_nouns(tagged) == ["surfboard sea"]
 
 
-def test_flair_tagger_says_how_to_install():
-    try:
-        import flair  # noqa: F401
-        pytest.skip("flair is installed")
-    except ImportError:
-        pass
-    with pytest.raises(ImportError, match="pip install flair"):
+def test_flair_tagger_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "flair", None)          # as if flair were not installed
+    with pytest.raises(ImportError) as e:
         data.make_tagger("flair/pos-english")
+    msg = str(e.value)
+    assert "\n" not in msg and "data.pos_tagger 'flair/pos-english'" in msg and "pip install flair" in msg
+    assert "-p data.pos_tagger none" in msg                                  # the explicit opt-out
+    assert data.make_tagger("none") is None
+
+
+def test_stage01_fails_without_the_papers_tagger_instead_of_skipping(monkeypatch):
+    """Stage 01 on the paper profile without flair stops with that one-line error (it used to print
+    "noun check skipped" and go on); with ``data.pos_tagger none`` it runs without the check."""
+    import ast
+
+    import nbformat
+
+    from reprolib.config import load_profile
+    monkeypatch.setitem(__import__("sys").modules, "flair", None)
+    nb = nbformat.read(str(Path(__file__).resolve().parents[1] / "notebooks" / "01_preprocess.ipynb"), as_version=4)
+    stmts = [s for c in nb.cells if c.cell_type == "code" for s in ast.parse(c.source).body
+             if any(getattr(n, "attr", None) == "make_tagger" for n in ast.walk(s))]
+    assert stmts, "stage 01 builds no noun tagger"
+    code = compile(ast.Module(body=stmts, type_ignores=[]), "01_preprocess", "exec")
+    with pytest.raises(ImportError, match="pip install flair"):
+        exec(code, {"data": data, "P": load_profile("paper"), "print": print})
+    ns = {"data": data, "P": load_profile("paper", {"data.pos_tagger": "none"}), "print": print}
+    exec(code, ns)
+    assert ns["tagger"] is None
 
 
 def test_best_caption():

@@ -276,3 +276,79 @@ def test_latent_scale_is_sd14s_constant_for_sd14_and_the_vaes_own_otherwise():
     assert latent_scale(sd14_config) == 0.18215
     world = load_components("miniworld").vae
     assert latent_scale(world) == world.config.scaling_factor != 0.18215
+
+
+# --------------------------------------------------------------------------- what evaluate.py reads
+
+def _jpeg(strip: np.ndarray) -> np.ndarray:
+    """PIL's default JPEG (quality 75, 4:2:0), decoded: what the official script writes and evaluate.py opens."""
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(strip).save(buf, format="JPEG")
+    buf.seek(0)
+    return np.asarray(Image.open(buf))
+
+
+def _evaluate_py_crop(image: np.ndarray, side: int) -> np.ndarray:
+    """PIE-Bench evaluate.py: a non-square target is cropped to its bottom-right side² (512 there)."""
+    from PIL import Image
+    im = Image.fromarray(image)
+    if im.size[0] != im.size[1]:
+        im = im.crop((im.size[0] - side, im.size[1] - side, im.size[0], im.size[1]))
+    return np.asarray(im)
+
+
+def test_strip_crop_depends_on_the_edit_only_and_differs_from_a_lone_jpeg():
+    """The pixels evaluate.py reads from the official strip: whatever the text and source panels hold, the
+    crop is the same (its left neighbour is always black), and it is not a JPEG of the edit alone, whose
+    first column JPEG's chroma upsampling fills from the edit's own edge instead of the black panel."""
+    from reprolib.editing import official_strip
+    side = 64
+    y, x = np.mgrid[0:side, 0:side]
+    edit = np.stack([x * 4, y * 4, 255 - (x + y) * 2], -1).astype(np.uint8)
+    edit[:, :5] = (30, 200, 60)                                      # a saturated left edge
+    rng = np.random.default_rng(0)
+    strips = [official_strip(rng.integers(0, 256, edit.shape, dtype=np.uint8), edit, p) for p in ("a cat", "a dog")]
+    assert strips[0].shape == (side, 4 * side, 3)
+    assert np.array_equal(strips[0][:, 2 * side:3 * side], np.zeros_like(edit))
+    assert np.array_equal(strips[0][:, 3 * side:], edit)
+    assert strips[0][:, :side].min() < 128 and not np.array_equal(strips[0][:, :side], strips[1][:, :side])  # text
+    crops = [_evaluate_py_crop(_jpeg(s), side) for s in strips]
+    assert np.array_equal(crops[0], crops[1])
+    two_panel = _evaluate_py_crop(_jpeg(np.concatenate([np.zeros_like(edit), edit], 1)), side)
+    assert np.array_equal(crops[0], two_panel)
+    lone = _jpeg(edit).astype(int)
+    cols = np.nonzero(np.abs(lone - crops[0]).max(axis=(0, 2)))[0]
+    assert cols.tolist() == [0] and np.abs(lone - crops[0]).max() >= 10
+
+
+def test_edits_are_saved_as_the_official_strip_and_read_as_evaluate_py_reads_them(base, tmp_path):
+    from PIL import Image
+
+    from reprolib.editing import load_image
+    from reprolib.metrics import load_edited
+    from reprolib.piebench import load_piebench, make_synthetic_piebench
+    (rec,) = load_piebench(make_synthetic_piebench(tmp_path / "pie", n=1, size=SIZE))
+    opts = BLDOptions(num_inference_steps=3, resolution=SIZE)
+    assert opts.save_as == "strip"                                   # faithful by default
+    out = tmp_path / "edits"
+    edit_records([rec], base, out, opts, signature=run_signature(opts, "sd14", "tiny", "fp32"), progress=False)
+    with Image.open(out / rec.image_path) as im:
+        assert im.format == "JPEG" and im.size == (4 * SIZE, SIZE)
+        saved = np.asarray(im)
+    source = load_image(rec.source_path, SIZE)
+    edit = blended_latent_diffusion(base, source, rec.mask(), rec.target_prompt, opts).image   # same seed: same edit
+    got = load_edited(out / rec.image_path, (SIZE, SIZE))
+    assert np.array_equal(got, _evaluate_py_crop(saved, SIZE))
+    assert np.array_equal(got, _evaluate_py_crop(_jpeg(np.concatenate([np.zeros_like(edit), edit], 1)), SIZE))
+    assert np.abs(saved[:, SIZE:2 * SIZE].astype(int) - source).mean() < 8         # the source panel (JPEG)
+
+    # the switch: the edit alone, lossless, beside the strip's path; switching formats drops the other file
+    png = BLDOptions(num_inference_steps=3, resolution=SIZE, save_as="png")
+    edit_records([rec], base, out, png, signature=run_signature(png, "sd14", "tiny", "fp32"), progress=False)
+    assert not (out / rec.image_path).exists() and (out / rec.image_path).with_suffix(".png").is_file()
+    assert np.array_equal(load_edited(out / rec.image_path, (SIZE, SIZE)), edit)
+    with pytest.raises(EditingError, match="editing.save_as must be one of"):
+        BLDOptions(save_as="gif")

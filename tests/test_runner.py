@@ -96,3 +96,40 @@ def test_glued_figures_carry_png_even_with_mplbackend_agg(tmp_path, monkeypatch)
     glued = [o for c in nb.cells for o in c.get("outputs", [])
              if o.get("metadata", {}).get("scrapbook", {}).get("name") == "x_fig"]
     assert glued and any("image/png" in k for k in glued[0]["data"])
+
+
+def test_dead_kernel_names_stage_cause_and_honest_partial_notebook(stages):
+    """A kernel killed mid-stage (as the out-of-memory killer does) is reported with the stage, the
+    signal and the kernel's peak memory, and the partial notebook shows what did not run as pending."""
+    nbs, out, _ = stages
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "tiny"\noverrides = None')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"),
+                nbformat.v4.new_code_cell("y = 2")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(nbs / "02_second.ipynb"))
+    with pytest.raises(runner.StageFailed, match=r"stage 02_second failed: kernel died, killed by signal 9 \(SIGKILL\)"
+                                                 r".*kernel peak memory \d+\.\d GiB of \d+\.\d GiB.*"
+                                                 r"\(partial notebook: .*02_second.ipynb\)"):
+        runner.run_stages("tiny", {}, notebooks=nbs, stage_dir=out, log=lambda *_: None)
+    done = nbformat.read(str(out / "02_second.ipynb"), as_version=4)
+    status = [c.metadata.papermill["status"] for c in done.cells]
+    # papermill's injected-parameters cell comes after the parameters cell
+    assert status == ["completed", "completed", "completed", "failed", "pending"], status
+    assert done.cells[3].outputs[-1]["ename"] == "DeadKernelError"
+    assert "SIGKILL" in done.cells[3].outputs[-1]["evalue"]
+    cache = json.loads((out / runner.CACHE_FILE).read_text())
+    assert "01" in cache and "02" not in cache and (out / "01_first.ipynb").is_file()
+
+
+@pytest.mark.parametrize("code, peak, avail, expected", [
+    (-9, 20 * 2 ** 30, 2 ** 28, "killed by signal 9 (SIGKILL): out of memory (kernel peak memory 20.0 GiB of 24.0 GiB)"),
+    (-9, 2 ** 30, 10 * 2 ** 30, "killed by signal 9 (SIGKILL): by the out-of-memory killer or by hand"),
+    (-11, 2 ** 30, 10 * 2 ** 30, "killed by signal 11 (SIGSEGV); kernel peak memory 1.0 GiB"),
+    (3, 0, None, "exited with code 3"),
+    (None, 0, None, "cause unknown"),
+])
+def test_death_cause_in_words(code, peak, avail, expected):
+    assert expected in runner.death_cause(code, peak, avail, total=24 * 2 ** 30)

@@ -168,7 +168,10 @@ def glue_provenance(prefix: str, prov: Provenance, out_dir: str | Path) -> Path:
     """Finish the stage record and glue ``<prefix>provenance`` (one line) and ``<prefix>provenance_full``."""
     from IPython.display import HTML
     from myst_nb import glue
+
+    from .tables import glue_table
     path = finish_stage(prov, out_dir)
     glue(f"{prefix}provenance", HTML(f'<p class="repro-provenance">{prov.short()}</p>'), display=False)
-    glue(f"{prefix}provenance_full", provenance_table(prov), display=False)
+    glue_table(f"{prefix}provenance_full", provenance_table(prov).reset_index(), display=False,
+               labels={"field": "Field", "value": "Value"}, wrap={"value": 30})
     return path

@@ -233,7 +233,11 @@ if missing:
 # %%
 ov = pd.DataFrame([{k: v for k, v in overhead.items() if not k.endswith("_all")}])
 atomic_write_json(out / "overhead.json", overhead)
-glue_table("attn_overhead", ov, decimals=3, title="Cost of recording")
+ov["layers"] = ov["layers"].map(lambda v: ", ".join(v) if isinstance(v, (list, tuple)) else v)
+glue_table("attn_overhead", ov, decimals=3, title="Cost of recording",
+           labels={"device": "Device", "layers": "Layers recorded", "num_inference_steps": "Steps",
+                   "repeats": "Repeats", "plain_s": "Plain generation (s)", "capture_s": "With recording (s)",
+                   "overhead": "Overhead (fraction)", "within_budget": "Within the +20 % budget"})
 
 # %%
 glue_provenance("attn_", prov, out)

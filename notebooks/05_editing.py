@@ -43,6 +43,7 @@ out_dir = None
 
 # %%
 import gc
+import textwrap
 from dataclasses import asdict
 
 import matplotlib.pyplot as plt
@@ -64,7 +65,7 @@ from reprolib.piebench import load_piebench, load_world_edits, make_synthetic_pi
 from reprolib.report import glue_banner, glue_provenance, start_stage
 from reprolib.reported import table2_measured, table2_side_by_side, table2_verdicts
 from reprolib.tables import display_name, glue_note, glue_table
-from reprolib.viz import CMAP
+from reprolib.viz import CMAP, freeze_layout
 
 params = dict(piebench_root=piebench_root, checkpoints=checkpoints, limit=limit, categories=categories,
               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -165,6 +166,7 @@ for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])
 fig.suptitle(f"“{rec.target_prompt}”", fontsize=9)
+freeze_layout(fig)                  # the glued PNG and the displayed one must be the same pixels
 glue("edit_process", fig, display=False)
 
 # %% [markdown]
@@ -254,7 +256,7 @@ for i, rec in enumerate(records[:n_rows]):
         ax.set_xticks([])
         ax.set_yticks([])
         if i == 0:
-            ax.set_title(name, fontsize=8)
+            ax.set_title(textwrap.fill(name, 22), fontsize=7)
     axes[i, 0].set_ylabel(f"{rec.category}\n{rec.target_prompt[:40]}", fontsize=7)
 fig.tight_layout()
 glue("edit_qualitative", fig, display=False)

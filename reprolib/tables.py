@@ -92,13 +92,19 @@ def _finite(x: Any) -> bool:
         return False
 
 
+def _num(x: Any, decimals: int) -> str:
+    """A fixed-decimals number that never prints as "-0.00"."""
+    v = float(x)
+    return f"{0.0 if round(v, decimals) == 0 else v:.{decimals}f}"
+
+
 def mean_std(mean: Any, std: Any = None, decimals: int = 2) -> str:
     """``"76.16 ± 1.04"``; ``"76.16"`` without a std; "–" when the mean is missing."""
     if not _finite(mean):
         return MISSING
     if not _finite(std):
-        return f"{float(mean):.{decimals}f}"
-    return f"{float(mean):.{decimals}f} ± {float(std):.{decimals}f}"
+        return _num(mean, decimals)
+    return f"{_num(mean, decimals)} ± {_num(std, decimals)}"
 
 
 def mean_ci(mean: Any, lo: Any, hi: Any, decimals: int = 2) -> str:
@@ -106,8 +112,8 @@ def mean_ci(mean: Any, lo: Any, hi: Any, decimals: int = 2) -> str:
     if not _finite(mean):
         return MISSING
     if not (_finite(lo) and _finite(hi)):
-        return f"{float(mean):.{decimals}f}"
-    return f"{float(mean):.{decimals}f} [{float(lo):.{decimals}f}, {float(hi):.{decimals}f}]"
+        return _num(mean, decimals)
+    return f"{_num(mean, decimals)} [{_num(lo, decimals)}, {_num(hi, decimals)}]"
 
 
 def p_value(p: Any) -> str:

@@ -599,6 +599,18 @@ def _style():
     return stack
 
 
+def freeze_layout(fig):
+    """Fix a constrained-layout figure's geometry: every later render gives the same pixels.
+
+    Constrained layout re-solves at each draw and the first draw moves things (colour bars), so the
+    PNG that ``myst_nb.glue`` stores and the one the notebook displays would differ; the book only ships
+    images that its stage notebook pages display, so a glued figure whose twin differs is lost.
+    """
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    return fig
+
+
 def checkpoint_palette(names: Sequence[str]) -> dict[str, Any]:
     """One colour per checkpoint, stable across the stage's figures."""
     import seaborn as sns
@@ -720,7 +732,7 @@ def attention_over_time(records: Mapping[str, AttentionRecord], words: Sequence[
             if wi == len(words) // 2:
                 bar.set_label("÷ map max" if norm == "max" else "attention", fontsize=7)
         fig.suptitle(records[ckpts[0]].prompt, fontsize=10)
-    return fig
+    return freeze_layout(fig)
 
 
 def mass_figure(summary, facet: str | None = None, x: str = "step", palette: Mapping[str, Any] | None = None,
@@ -737,9 +749,9 @@ def mass_figure(summary, facet: str | None = None, x: str = "step", palette: Map
     palette = dict(palette or checkpoint_palette(ckpts))
     n_cols = min(len(facets), 5)
     n_rows = -(-len(facets) // n_cols)
+    width = max(panel * n_cols, 2 * panel) + 0.4          # a single facet still gets room for its data
     with _style():
-        fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel * n_cols + 0.4, panel * n_rows + 0.4),
-                                 squeeze=False, sharey=True)
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, panel * n_rows + 0.4), squeeze=False, sharey=True)
         for k, fv in enumerate(facets):
             ax = axes[k // n_cols, k % n_cols]
             sub = summary if fv is None else summary[summary[facet] == fv]
@@ -754,7 +766,9 @@ def mass_figure(summary, facet: str | None = None, x: str = "step", palette: Map
             ax.margins(y=0.08)                                 # scaled to the data and the chance line
         for k in range(len(facets), n_rows * n_cols):
             axes[k // n_cols, k % n_cols].remove()
-        axes[0, 0].set_ylabel("attention mass inside mask")
-        axes[0, 0].legend(fontsize=7, loc="best")
+        for r in range(n_rows):
+            axes[r, 0].set_ylabel("attention mass inside mask", fontsize=8)
         fig.tight_layout()
+        handles, names = axes[0, 0].get_legend_handles_labels()   # one legend, at the right, never over the data
+        fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
     return fig

@@ -124,6 +124,18 @@ def test_every_chapter_renders_and_has_a_screenshot(pages):
         assert shot.is_file() and shot.stat().st_size > 10_000, f"{page}: no screenshot"
 
 
+def test_every_image_of_every_chapter_is_shipped(pages):
+    """A glued figure whose file is not in the HTML build shows as a broken image (alt text only)."""
+    for page, (dom, _) in pages.items():
+        for src in re.findall(r'<img[^>]*\ssrc="([^"]+)"', dom):
+            if src.startswith(("data:", "http:", "https:")):
+                continue
+            path = (HTML / page).parent / src.split("#")[0].split("?")[0]
+            if src.startswith("file://"):
+                path = Path(src[len("file://"):])
+            assert path.is_file(), f"{page}: broken image {src}"
+
+
 @pytest.mark.parametrize("page,min_figures", sorted(FIGURES.items()))
 def test_pages_with_numbers_have_tables_figures_banner_provenance(pages, page, min_figures):
     dom, _ = pages[page]

@@ -15,6 +15,7 @@ def test_cells():
     assert tables.mean_std(None, 1.0) == tables.mean_std(np.nan, 1.0) == "–"
     assert tables.mean_ci(73.47, 70.1, 76.0) == "73.47 [70.10, 76.00]"
     assert tables.mean_ci(1.0, np.nan, 2.0, 1) == "1.0"
+    assert tables.mean_ci(-0.00001, -0.0002, 0.0002, 4) == "0.0000 [-0.0002, 0.0002]"     # never "-0.0000"
     assert tables.p_value(0.00002) == "< 0.0001" and tables.p_value(0.0123456) == "0.0123"
     assert tables.p_value(None) == "–"
 

@@ -263,6 +263,14 @@ def test_attention_over_time_axes_titles_and_nouns(tokenizer):
         assert labels == {"one": "normal", "star": "bold", "a": "normal", "ring": "bold"}
         maps = [im for a in fig.axes if a not in bars for im in a.get_images() if im.get_cmap().name == viz.CMAP]
         assert maps and viz.CMAP in ("viridis", "magma", "inferno", "plasma", "cividis")
+        import hashlib
+        import io
+
+        def png() -> str:
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", bbox_inches="tight")
+            return hashlib.sha256(buf.getvalue()).hexdigest()
+        assert png() == png()                  # glue's PNG and the displayed one are the same pixels
         if norm == "row":                      # a row's maps share their scale: 0 to the word's maximum
             row0 = {(im.norm.vmin, im.norm.vmax) for im in maps[:4]}
             assert len(row0) == 1 and next(iter(row0))[0] == 0

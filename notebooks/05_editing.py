@@ -160,8 +160,8 @@ for r, (ckpt, proc) in enumerate(processes.items()):
         ax = axes[2 * r + 1, c]
         im = ax.imshow(proc.attention[c].numpy(), cmap=CMAP, vmin=0.0, vmax=vmax)
     fig.colorbar(im, ax=list(axes[2 * r + 1, :]), fraction=0.025, pad=0.01).set_label("attention", fontsize=7)
-    axes[2 * r, 0].set_ylabel(f"{labels[ckpt]}\nx̂₀", fontsize=8)
-    axes[2 * r + 1, 0].set_ylabel(f"attention: {word}\n({group})", fontsize=8)
+    axes[2 * r, 0].set_ylabel(f"{textwrap.fill(labels[ckpt], 24)}\nx̂₀", fontsize=7)
+    axes[2 * r + 1, 0].set_ylabel(f"attention: {word}\n({group})", fontsize=7)
 for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])

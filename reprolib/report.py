@@ -20,7 +20,7 @@ from .config import Profile, apply_runtime
 from .io import atomic_write_json
 
 PACKAGES = ("reprolib", "torch", "torchvision", "diffusers", "transformers", "accelerate", "torchmetrics",
-            "safetensors", "numpy", "pandas", "papermill", "jupyter-book")
+            "safetensors", "numpy", "pandas", "scipy", "statsmodels", "great-tables", "papermill", "jupyter-book")
 WORLD_BANNER = ("A small text-to-image model trained from scratch on synthetic shapes (on one GPU, minutes), "
                 "fine-tuned for minutes on CPU: these numbers test whether TokenCompose's mechanism helps "
                 "composition in a toy world, not what it does for Stable Diffusion.")

@@ -216,9 +216,10 @@ def stage_states(profile: str, overrides: Mapping[str, Any] | None = None, stage
 
 def run_command(profile: str, overrides: Mapping[str, Any] | None = None) -> str:
     """The command that (re)produces the stages of a profile with these overrides."""
-    cmd = f"python -m reprolib run --profile {profile}"
+    import shlex
+    cmd = f"python -m reprolib run --profile {shlex.quote(profile)}"
     for k, v in (overrides or {}).items():
-        cmd += f" -p {k} {json.dumps(v) if not isinstance(v, str) else v}"
+        cmd += f" -p {k} {shlex.quote(v if isinstance(v, str) else json.dumps(v))}"
     return cmd
 
 

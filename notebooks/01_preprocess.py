@@ -48,6 +48,7 @@ from myst_nb import glue
 from reprolib import data, gsam
 from reprolib.config import resolve_device, stage_profile
 from reprolib.report import glue_banner, glue_provenance, start_stage
+from reprolib.tables import glue_table
 
 params = dict(source=source, root=root, n_images=n_images, limit=limit, gsam_limit=gsam_limit,
               gsam_batch_size=gsam_batch_size, box_threshold=box_threshold, text_threshold=text_threshold,
@@ -90,8 +91,7 @@ if tagger is None:
 else:
     nouns = data.noun_agreement(rows, tagger)
     nouns_summary = data.noun_agreement_summary(nouns)
-    glue("data_nouns", nouns_summary, display=False)
-    display(nouns_summary)
+    glue_table("data_nouns", nouns_summary)
 
 # %% [markdown]
 # ## Grounded-SAM masks
@@ -118,13 +118,11 @@ print(f"Grounded-SAM: {result.processed} images processed, {result.skipped} alre
 
 # %%
 summary = gsam.summary_table({"training records": train_records, "Grounded-SAM output": gsam_records})
-glue("data_summary", summary, display=False)
-display(summary)
+glue_table("data_summary", summary)
 
 # %%
 coverage = gsam.coverage_table(gsam_records, top=20)
-glue("data_coverage", coverage, display=False)
-display(coverage)
+glue_table("data_coverage", coverage)
 
 # %%
 fig = gsam.qa_figure(train_records, n=8, ncols=4, title="training records")
@@ -147,8 +145,7 @@ else:
     reference = [data.row_to_record(r, ref_root, out) for r in rows]
     with_iou = P.data.original_masks is not None
 agreement = gsam.iou_summary(gsam.mask_iou_table(gsam_records, reference, iou=with_iou))
-glue("data_agreement", agreement, display=False)
-display(agreement)
+glue_table("data_agreement", agreement)
 
 # %%
 glue_provenance("data_", prov, out)

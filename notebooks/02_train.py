@@ -55,6 +55,7 @@ from myst_nb import glue
 from reprolib import train as T
 from reprolib.config import resolve_device, stage_profile
 from reprolib.report import glue_banner, glue_provenance, start_stage
+from reprolib.tables import glue_table
 
 params = dict(steps=steps, lr=lr, token_loss_scale=token_loss_scale, pixel_loss_scale=pixel_loss_scale,
               mixed_precision=precision, batch_size=batch_size, grad_accum=grad_accum, faithful=faithful,
@@ -85,13 +86,11 @@ glue("train_loss_figure", fig, display=False)
 
 # %%
 changes = T.loss_change_table(result.log)
-glue("train_loss_change", changes, display=False)
-display(changes)
+glue_table("train_loss_change", changes.rename_axis("loss"))
 
 # %%
 summary = T.summary_table(result.summary)
-glue("train_summary", summary, display=False)
-display(summary)
+glue_table("train_summary", summary)
 
 # %%
 glue_provenance("train_", prov, out)

@@ -55,6 +55,8 @@ from myst_nb import glue
 from reprolib import multigen as mg
 from reprolib.config import apply_overrides, resolve_device, stage_profile
 from reprolib.report import glue_banner, glue_provenance, start_stage
+from reprolib.reported import load_multigen_reported
+from reprolib.tables import display_name, glue_note, glue_table
 from reprolib.train import with_trained
 
 params = dict(checkpoints=checkpoints, prompt_sets=prompt_sets, n_prompts=n_prompts,
@@ -71,6 +73,7 @@ M = P.multigen
 paths = mg.stage_paths(P)
 device = resolve_device(P)
 glue_banner("mg_", P)
+labels = {c: display_name(c, P) for c in M.checkpoints}      # what a reader sees, never a folder path
 print(f"checkpoints: {M.checkpoints}; {M.images_per_prompt} images per prompt; {M.num_inference_steps} steps; "
       f"precision {'fp32 (faithful)' if M.faithful else M.precision}; artifacts in {paths.root}")
 
@@ -117,31 +120,38 @@ display(detection)
 
 # %%
 res = mg.run_scoring(P, sets)
-reported = mg.load_reported()
-display(res.scores)
-glue("mg_scores", res.scores, display=False)
+reported = load_multigen_reported()
+pairs = mg.counterparts(M.checkpoints, P)       # our checkpoint → its reported row (none on a tiny profile)
+glue_table("mg_scores", mg.scores_display(res.scores, labels), title=f"All MG-k scores — {P.name} profile")
 
 # %% [markdown]
-# ### Table 1
+# ### Table 1 (ours)
 #
-# Rows marked "reported" are cited from the authors' README (`data/multigen/reported.csv`); "ours" are
-# measured here.
+# Our measurements only, labelled with the profile; the reported Table 1 (the authors' README and the
+# report) is stage 07's and opens the chapter. Reported rows are never mixed in here.
 
 # %%
-table = mg.table1(res.scores, reported)
-glue("mg_table1", table, display=False)
-display(table)
+world = " (miniature world: toy numbers, not comparable with the reported values)" if P.is_tiny else ""
+glue_table("mg_table1", mg.table1_gt(res.scores[res.scores["k"] > 1], labels,
+                                     title=f"Table 1, our measurements — {P.name} profile{world}",
+                                     notes=[f"Prompt sets: {', '.join(sets)}; {M.images_per_prompt} images per prompt; "
+                                            f"detector {M.detector_id}."]))
 
 # %% [markdown]
 # ### Verdict per cell
 #
 # Is the reported value inside our 95 % bootstrap interval over prompts? ("consistent"), or outside it
-# ("ours higher" / "ours lower"). Only checkpoints with a reported counterpart get a verdict.
+# ("ours higher" / "ours lower"). Only checkpoints with a reported counterpart get a verdict, and only on
+# a profile with real weights.
 
 # %%
-verdict = mg.verdicts(res.scores, reported).round(2)
-glue("mg_verdict", verdict, display=False)
-display(verdict)
+verdict = mg.verdicts(res.scores, reported, pairs)
+if len(verdict):
+    glue_table("mg_verdict", mg.side_by_side(verdict, labels, P.name))
+else:
+    glue_note("mg_verdict", f"No verdict per cell on the {P.name} profile: its checkpoints have no reported "
+                            "counterpart (the tiny profile's numbers come from the miniature world). On the paper "
+                            "profile this section sets each of our cells beside the report's, with its verdict.")
 
 # %% [markdown]
 # ### Paired comparisons
@@ -150,16 +160,15 @@ display(verdict)
 # and p-value (prompts resampled), and McNemar's exact p-value on the cells (treats images as independent).
 
 # %%
-glue("mg_paired", res.paired, display=False)
-display(res.paired)
+glue_table("mg_paired", mg.paired_display(res.paired, labels), title=f"Paired comparisons — {P.name} profile")
 
 # %%
-fig = mg.plot_mg_curves(res.scores, reported)
+fig = mg.plot_mg_curves(res.scores, reported, pairs, labels)
 glue("mg_curves", fig, display=False)
 
 # %%
 first = next(iter(sets.values()))
-grid = mg.image_grid(paths, first, M.checkpoints, [r["unique_id"] for r in first.records[:4]])
+grid = mg.image_grid(paths, first, M.checkpoints, [r["unique_id"] for r in first.records[:4]], labels=labels)
 glue("mg_grid", grid, display=False)
 
 # %%

@@ -72,6 +72,8 @@ from reprolib.config import resolve_device, stage_profile
 from reprolib.io import atomic_save, atomic_write_json, repo_path
 from reprolib.models import load_checkpoint_components
 from reprolib.report import glue_banner, glue_provenance, start_stage
+from reprolib.tables import display_name, glue_table
+from reprolib.viz import mass_display
 
 params = dict(checkpoints=checkpoints, prompt_file=prompt_file, seeds=seeds, timesteps=timesteps, layers=layers,
               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, mass_protocol=mass_protocol,
@@ -90,14 +92,13 @@ ckpts = list(A.checkpoints)
 trained = Path(P.train.output_dir) / "unet"
 if A.use_trained and (trained / "config.json").is_file() and str(trained) not in ckpts:
     ckpts.append(str(trained))
-labels = {c: (c if not Path(c).exists() else f"trained ({Path(c).parent.name})") for c in ckpts}
+labels = {c: display_name(c, P) for c in ckpts}          # what a reader sees, never a folder path
 print("checkpoints:", labels)
 
 # %%
 prompt_table = pd.DataFrame([dict(figure=fig, prompt=sp.prompt, nouns=", ".join(sp.nouns), source=sp.source)
                              for fig, specs in figure_prompts.items() for sp in specs])
-glue("attn_prompts", prompt_table, display=False)
-display(prompt_table)
+glue_table("attn_prompts", prompt_table.rename(columns=str.capitalize), wrap={"Prompt": 16, "Source": 14})
 
 # %% [markdown]
 # ## Generation with recording
@@ -176,12 +177,12 @@ for fig_name, key in (("fig1", "attn_fig1"), ("fig2", "attn_fig2")):
 # ## Figs 3–4: per-word maps over the denoising steps
 #
 # Rows are the words of the prompt (nouns in bold red), columns the chosen steps, checkpoints side by
-# side; each map is overlaid on that checkpoint's final image and divided by its own maximum.
+# side, each checkpoint's final image in its own column; one colour scale per word (row), with its bar.
 
 # %%
 words = viz.prompt_words(tokenizer, fig34.prompt, fig34.nouns)
 for group in A.layers:
-    f = viz.attention_over_time(records34, words, group, A.timesteps, overlay=True)
+    f = viz.attention_over_time(records34, words, group, A.timesteps, overlay=False, norm="row")
     atomic_save(out / f"fig3_4_{group}.png", lambda p, f=f: f.savefig(p, format="png", dpi=100, bbox_inches="tight"))
     glue("attn_fig3_4" if group == A.layers[0] else f"attn_fig3_4_{group}", f, display=False)
 
@@ -203,8 +204,7 @@ for name, f in (("mass", f_mass), ("mass_by_noun", f_noun)):
     atomic_save(out / f"{name}.png", lambda p, f=f: f.savefig(p, format="png", dpi=150, bbox_inches="tight"))
     glue(f"attn_{name}", f, display=False)
 atomic_save(out / "mass_summary.csv", lambda p: summary.to_csv(p, index=False))
-glue("attn_mass_table", overall.round(3), display=False)
-display(overall.round(3))
+glue_table("attn_mass_table", mass_display(overall), title="Attention mass inside the mask, mean over steps")
 
 # %% [markdown]
 # Paired difference (each other checkpoint minus the first) on the same prompts, seeds and starting
@@ -216,10 +216,10 @@ diffs = pd.concat([viz.paired_difference(mass, base, labels[c], by=("layer", "st
                                          seed=P.seed).assign(comparison=f"{labels[c]} − {base}")
                    for c in ckpts[1:]], ignore_index=True) if len(ckpts) > 1 else pd.DataFrame()
 atomic_save(out / "mass_diff.csv", lambda p: diffs.to_csv(p, index=False))
-glue("attn_mass_diff", diffs.round(3), display=False)
-display(diffs.round(3))
+glue_table("attn_mass_diff", mass_display(diffs) if len(diffs) else diffs,
+           title="Paired differences of attention mass (each checkpoint − the first)")
 if missing:
-    glue("attn_missing", pd.DataFrame(missing), display=False)
+    glue_table("attn_missing", pd.DataFrame(missing), display=False)
 
 # %% [markdown]
 # ## Capture overhead
@@ -231,8 +231,11 @@ if missing:
 # %%
 ov = pd.DataFrame([{k: v for k, v in overhead.items() if not k.endswith("_all")}])
 atomic_write_json(out / "overhead.json", overhead)
-glue("attn_overhead", ov, display=False)
-display(ov)
+ov["layers"] = ov["layers"].map(lambda v: ", ".join(v) if isinstance(v, (list, tuple)) else v)
+glue_table("attn_overhead", ov, decimals=3, title="Cost of recording",
+           labels={"device": "Device", "layers": "Layers recorded", "num_inference_steps": "Steps",
+                   "repeats": "Repeats", "plain_s": "Plain generation (s)", "capture_s": "With recording (s)",
+                   "overhead": "Overhead (fraction)", "within_budget": "Within the +20 % budget"})
 
 # %%
 glue_provenance("attn_", prov, out)

@@ -44,6 +44,7 @@ out_dir = None
 
 # %%
 import gc
+import textwrap
 from dataclasses import asdict
 
 import matplotlib.pyplot as plt
@@ -58,11 +59,14 @@ from reprolib.config import apply_overrides, resolve_device, stage_profile
 from reprolib.io import atomic_save
 from reprolib.train import with_trained
 from reprolib.editing import (BLDOptions, checkpoint_components, checkpoint_label, edit_checkpoints,
-                              editing_process, load_base, load_image, load_reported_table2, method_label,
-                              repo_path, score_checkpoints, table2, world_edit_success, world_edit_summary)
+                              editing_process, load_base, load_image, method_label, repo_path, score_checkpoints,
+                              world_edit_success, world_edit_summary)
 from reprolib.metrics import EditMetrics, load_edited, summarise
 from reprolib.piebench import load_piebench, load_world_edits, make_synthetic_piebench, make_world_piebench
 from reprolib.report import glue_banner, glue_provenance, start_stage
+from reprolib.reported import table2_measured, table2_side_by_side, table2_verdicts
+from reprolib.tables import display_name, glue_note, glue_table
+from reprolib.viz import CMAP, freeze_layout
 
 params = dict(piebench_root=piebench_root, checkpoints=checkpoints, limit=limit, categories=categories,
               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -78,6 +82,7 @@ out = repo_path(out_dir or E.output_dir)
 device = resolve_device(P)
 options = BLDOptions.from_profile(P)
 glue_banner("edit_", P)
+labels = {c: f"BLD + {display_name(c, P)}" for c in E.checkpoints}     # row names: never a folder path
 print(f"device {device}, precision {E.precision}, checkpoints {E.checkpoints}, options {options}")
 
 # %% [markdown]
@@ -142,9 +147,11 @@ if torch.cuda.is_available():
 rec_mask = rec.mask()
 first = next(iter(processes.values()))
 n_cols = len(first.timesteps)
-fig, axes = plt.subplots(2 * len(processes), n_cols, figsize=(2.0 * n_cols, 4.2 * len(processes)), squeeze=False)
+fig, axes = plt.subplots(2 * len(processes), n_cols, figsize=(2.0 * n_cols + 0.8, 4.2 * len(processes)),
+                         squeeze=False, layout="constrained")
 for r, (ckpt, proc) in enumerate(processes.items()):
     word = proc.word or "all prompt tokens"
+    vmax = max(float(a.max()) for a in proc.attention) or 1.0     # one colour scale per attention row
     for c, t in enumerate(proc.timesteps):
         ax = axes[2 * r, c]
         ax.imshow(proc.pred_x0[c])
@@ -152,14 +159,15 @@ for r, (ckpt, proc) in enumerate(processes.items()):
             ax.contour(rec_mask, levels=[0.5], colors="white", linewidths=0.6)
         ax.set_title(f"t = {t}", fontsize=8)
         ax = axes[2 * r + 1, c]
-        ax.imshow(proc.attention[c].numpy(), cmap="inferno")
-    axes[2 * r, 0].set_ylabel(f"{method_label(ckpt)}\nx̂₀", fontsize=8)
-    axes[2 * r + 1, 0].set_ylabel(f"attention: {word}\n({group})", fontsize=8)
+        im = ax.imshow(proc.attention[c].numpy(), cmap=CMAP, vmin=0.0, vmax=vmax)
+    fig.colorbar(im, ax=list(axes[2 * r + 1, :]), fraction=0.025, pad=0.01).set_label("attention", fontsize=7)
+    axes[2 * r, 0].set_ylabel(f"{textwrap.fill(labels[ckpt], 24)}\nx̂₀", fontsize=7)
+    axes[2 * r + 1, 0].set_ylabel(f"attention: {word}\n({group})", fontsize=7)
 for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])
 fig.suptitle(f"“{rec.target_prompt}”", fontsize=9)
-fig.tight_layout()
+freeze_layout(fig)                  # the glued PNG and the displayed one must be the same pixels
 glue("edit_process", fig, display=False)
 
 # %% [markdown]
@@ -175,17 +183,27 @@ summary = summarise(scores, by="checkpoint")
 del metrics
 gc.collect()
 
-tab = table2(load_reported_table2(), summary, labels={c: method_label(c) for c in E.checkpoints})
-tab = tab.round(2)
-glue("edit_table2", tab, display=False)
-display(tab)
-
+world = " (miniature world: toy numbers, not comparable with the reported values)" if P.is_world else (
+    " (random tiny models: a pipeline check)" if P.is_tiny else "")
+glue_table("edit_table2", table2_measured(scores, labels, title=f"Table 2, our measurements — {P.name} profile{world}",
+                                          notes=[f"{len(records)} edited images per checkpoint."]))
+beside = table2_verdicts(scores) if not P.is_tiny else pd.DataFrame()
+if len(beside):
+    glue_table("edit_verdict", table2_side_by_side(beside, labels, P.name))
+else:
+    glue_note("edit_verdict", f"No verdict per cell on the {P.name} profile: its backbones are not the report's "
+                              "(the tiny profile edits the miniature world). On the paper profile this section sets "
+                              "BLD + SD1.4 and BLD + TokenCompose (checkpoint A) beside the report's rows, cell by cell.")
 category_table = summary.drop(index="all", level="category").round(2)
-glue("edit_category_table", category_table, display=False)
+shown_categories = category_table.reset_index()
+shown_categories["checkpoint"] = shown_categories["checkpoint"].map(labels)
+glue_table("edit_category_table", shown_categories.rename(columns={"checkpoint": "Method", "category": "Editing type",
+                                                                   "n": "images"}),
+           title=f"Per editing type — {P.name} profile")
 glue("edit_n_images", len(records), display=False)
 settings = pd.Series({**asdict(options), "precision": E.precision, "base": P.model.pretrained,
-                      "checkpoints": ", ".join(E.checkpoints)}, name="value").to_frame()
-glue("edit_settings", settings, display=False)
+                      "checkpoints": ", ".join(labels[c] for c in E.checkpoints)}, name="value").to_frame()
+glue_table("edit_settings", settings.reset_index(names="setting"), display=False)
 
 # %% [markdown]
 # ## Edit success in the miniature world
@@ -198,11 +216,11 @@ if P.is_world and not E.piebench_root:
     success = world_edit_success(records, E.checkpoints, out / "edits", load_world_edits(root))
     atomic_save(out / "world_edit_success.csv", lambda p: success.to_csv(p, index=False))
     world_table = world_edit_summary(success).round(1)
-    world_table.index = [c if c == "source" else method_label(c) for c in world_table.index]
+    world_table.index = [c if c == "source" else labels.get(c, method_label(c)) for c in world_table.index]
+    world_table.index.name = "Images"
 else:
     world_table = pd.DataFrame({"note": ["only the miniature world has an exact detector of edit success"]})
-glue("edit_world_success", world_table, display=False)
-display(world_table)
+glue_table("edit_world_success", world_table)
 
 # %% [markdown]
 # ## Per-category breakdown
@@ -210,7 +228,7 @@ display(world_table)
 # %%
 shown = ["Structure distance ×10³", "PSNR", "LPIPS ×10³", "CLIP edited"]
 long = (category_table.reset_index()
-        .assign(method=lambda d: d["checkpoint"].map(method_label))
+        .assign(method=lambda d: d["checkpoint"].map(labels))
         .melt(id_vars=["method", "category"], value_vars=[c for c in shown if c in category_table.columns],
               var_name="metric", value_name="value"))
 g = sns.catplot(data=long, x="value", y="category", hue="method", col="metric", kind="bar",
@@ -224,7 +242,7 @@ glue("edit_categories", fig, display=False)
 
 # %%
 n_rows = min(n_qualitative or 4, len(records))
-cols = ["source", "mask", *[method_label(c) for c in E.checkpoints]]
+cols = ["source", "mask", *[labels[c] for c in E.checkpoints]]
 fig, axes = plt.subplots(n_rows, len(cols), figsize=(2.2 * len(cols), 2.4 * n_rows), squeeze=False)
 for i, rec in enumerate(records[:n_rows]):
     src = load_image(rec.source_path, options.resolution)
@@ -239,7 +257,7 @@ for i, rec in enumerate(records[:n_rows]):
         ax.set_xticks([])
         ax.set_yticks([])
         if i == 0:
-            ax.set_title(name, fontsize=8)
+            ax.set_title(textwrap.fill(name, 22), fontsize=7)
     axes[i, 0].set_ylabel(f"{rec.category}\n{rec.target_prompt[:40]}", fontsize=7)
 fig.tight_layout()
 glue("edit_qualitative", fig, display=False)

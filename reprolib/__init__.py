@@ -24,8 +24,12 @@ metrics        PIE-Bench metrics (structure distance, PSNR, LPIPS, MSE, SSIM, CL
 miniworld      the procedural world of the tiny profile (shapes, captions, exact masks)
 worlddetector  the exact detector of the miniature world (stands in for OWLv2 there)
 miniexp        the miniature replication: base model, TokenCompose vs plain fine-tune, MultiGen-mini
+reported       reported numbers with their sources: the report's Tables 1-2, the authors' README, PIE-Bench
+reanalysis     Welch tests of the reported Table 1 from its summary statistics, Holm, detectable differences
+claims         the claims ledger: the report's claims (data/report/claims.yaml), their tests and verdicts
+tables         the book's one table helper (great-tables): cells, bold, spanners, checkpoint display names
 report         provenance, banners and glue helpers for the book
-runner         the one-command run: stage notebooks with papermill (cached), then the book
+runner         the one-command run: stage notebooks with papermill (cached), then the book; its stage check
 =============  ==============================================================================
 """
 __version__ = "0.1.0"

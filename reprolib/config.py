@@ -149,6 +149,15 @@ class EditingConfig:
 
 
 @dataclass
+class ReportConfig:
+    """The report checked (stage 07): re-analysis of the reported tables and the claims ledger."""
+    alpha: float = 0.05                   # significance level of every test
+    power: float = 0.8                    # power of the smallest-detectable-difference computation
+    claims_file: str = "data/report/claims.yaml"
+    output_dir: str = "runs/report"
+
+
+@dataclass
 class Profile:
     """Everything a run needs. `tiny` runs on CPU in minutes; `paper` is the original study."""
     name: str = DEFAULT_PROFILE
@@ -161,6 +170,7 @@ class Profile:
     multigen: MultiGenConfig = field(default_factory=MultiGenConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     editing: EditingConfig = field(default_factory=EditingConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     @property
     def is_tiny(self) -> bool:

@@ -51,9 +51,10 @@ MIRROR_ENV = "REPROLIB_MULTIGEN_MIRROR"
 NUM_INS = 5                                   # categories per MultiGen prompt
 NUM_TO_PERCENT = 100
 ATTEND_AND_EXCITE = "attend_and_excite"
-#: Our checkpoint names → the method names of the reported table (data/multigen/reported.csv).
-REPORTED_METHOD = {"sd14": "SD 1.4", "tokencompose_a": "TokenCompose", "tokencompose_b": "TokenCompose",
-                   ATTEND_AND_EXCITE: "Attn-Exct"}
+#: Our checkpoint aliases → the reported row they reproduce: (study, key) of
+#: :func:`reprolib.reported.load_multigen_reported` (the report's rows, or the authors' README for SD1.4).
+COUNTERPARTS = {"sd14": ("authors", "SD 1.4"), "tokencompose_a": ("report", "A"), "tokencompose_b": ("report", "B"),
+                ATTEND_AND_EXCITE: ("report", "attend_and_excite")}
 
 
 class MultiGenError(ValueError):
@@ -553,76 +554,150 @@ def score_run(results: Mapping[str, Mapping[str, Sequence]], records: Sequence[M
 # =========================================================================== reported values and tables
 
 def load_reported(path: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Cited MG values (data/multigen/reported.csv): method, prompt_set, k, mean, std, source."""
-    df = pd.read_csv(path or DATA_DIR / "reported.csv")
-    missing = {"method", "prompt_set", "k", "mean", "std", "source"} - set(df.columns)
-    if missing:
-        raise MultiGenError(f"{path or DATA_DIR / 'reported.csv'}: missing columns {sorted(missing)}")
-    return df
+    """Cited MG values of the authors' README (data/multigen/reported.csv): method, prompt_set, k, mean, std, source."""
+    from .reported import ReportedDataError, load_authors_table1
+    try:
+        return load_authors_table1(path or DATA_DIR / "reported.csv").drop(columns="key")
+    except ReportedDataError as e:
+        raise MultiGenError(str(e)) from None
 
 
-def table1(scores: pd.DataFrame, reported: pd.DataFrame | None = None, ks: Sequence[int] = (2, 3, 4, 5),
-           prompt_sets: Sequence[str] | None = None, decimals: int = 2) -> pd.DataFrame:
-    """The paper's Table 1 layout: rows × (prompt set, MG_k) as "mean (std)"; reported rows beside ours.
+def counterparts(checkpoints: Sequence[str], profile: Profile | None = None) -> dict[str, tuple[str, str]]:
+    """Our checkpoint → its reported row ``(study, key)`` of :func:`reprolib.reported.load_multigen_reported`.
 
-    Each of our checkpoints is followed by the reported row of the same method (if any), then the other
-    reported methods. Row labels say "ours" or "reported". Reported methods with no value in any shown
-    column (e.g. the miniature world's prompt set, which no paper scored) are left out.
+    None on a tiny profile: its numbers come from another world, and comparing them with reported
+    values would mean nothing. Stage 02's export is the report's "retrained" row on real profiles.
     """
-    def fmt(m: float, s: float) -> str:
-        return "–" if pd.isna(m) else f"{m:.{decimals}f} ({s:.{decimals}f})"
+    if profile is not None and profile.is_tiny:
+        return {}
+    out = {c: COUNTERPARTS[c] for c in checkpoints if c in COUNTERPARTS}
+    if profile is not None:
+        trained = repo_path(Path(profile.train.output_dir) / "unet").resolve()
+        out.update({c: ("report", "retrained") for c in checkpoints
+                    if c not in out and repo_path(c).resolve() == trained})
+    return out
 
+
+def _cells_frame(scores: pd.DataFrame, value, ks: Sequence[int], labels: Mapping[str, str] | None,
+                 prompt_sets: Sequence[str] | None = None) -> pd.DataFrame:
+    from .reported import PROMPT_SETS
     prompt_sets = list(prompt_sets or dict.fromkeys(scores["prompt_set"]))
-    cols = pd.MultiIndex.from_product([prompt_sets, [f"MG{k}" for k in ks]])
-    rows: dict[str, list[str]] = {}
-
-    def add(label: str, df: pd.DataFrame) -> None:
-        vals = []
-        for ps, k in itertools.product(prompt_sets, ks):
-            r = df[(df["prompt_set"] == ps) & (df["k"] == k)]
-            vals.append(fmt(r["mean"].iloc[0], r["std"].iloc[0]) if len(r) else "–")
-        rows[label] = vals
-
-    reported = reported if reported is not None else pd.DataFrame(columns=["method", "prompt_set", "k", "mean", "std"])
-    shown: set[str] = set()
+    cols = [("", "Checkpoint")] + [(PROMPT_SETS.get(ps, ps), f"MG{k} (%)") for ps in prompt_sets for k in ks]
+    rows = []
     for ckpt in dict.fromkeys(scores["checkpoint"]):
-        add(f"{ckpt} (ours)", scores[scores["checkpoint"] == ckpt])
-        method = REPORTED_METHOD.get(ckpt)
-        if method is not None and method not in shown and (reported["method"] == method).any():
-            add(f"{method} (reported)", reported[reported["method"] == method])
-            shown.add(method)
-    for method in dict.fromkeys(reported["method"]):
-        if method not in shown:
-            add(f"{method} (reported)", reported[reported["method"] == method])
-    rows = {k: v for k, v in rows.items() if not (k.endswith("(reported)") and all(x == "–" for x in v))}
-    return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
+        d = scores[scores["checkpoint"] == ckpt]
+        row = [(labels or {}).get(ckpt, ckpt)]
+        for ps, k in itertools.product(prompt_sets, ks):
+            r = d[(d["prompt_set"] == ps) & (d["k"] == k)]
+            row.append(value(r.iloc[0]) if len(r) else None)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=pd.MultiIndex.from_tuples(cols))
 
 
-def verdicts(scores: pd.DataFrame, reported: pd.DataFrame, ks: Sequence[int] = (2, 3, 4, 5)) -> pd.DataFrame:
+def table1(scores: pd.DataFrame, labels: Mapping[str, str] | None = None, ks: Sequence[int] = (2, 3, 4, 5),
+           decimals: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Our own Table 1 (measured rows only): "mean ± std" (the original's std over image indices) per
+    prompt set and MG_k, and the numeric means of the same shape (for bold). Rows are labelled with
+    ``labels`` (display names); reported rows never appear here (:mod:`reprolib.reported` has them)."""
+    from .tables import mean_std
+    cells = _cells_frame(scores, lambda r: mean_std(r["mean"], r["std"], decimals), ks, labels)
+    means = _cells_frame(scores, lambda r: float(r["mean"]), ks, labels)
+    return cells, means
+
+
+def table1_gt(scores: pd.DataFrame, labels: Mapping[str, str], title: str, notes: Sequence[str] = (),
+              ks: Sequence[int] = (2, 3, 4, 5)):
+    """:func:`table1` as a book table, best per column in bold."""
+    from .tables import best_mask, table
+    cells, means = table1(scores, labels, ks)
+    value_cols = [c for c in cells.columns if c[0] != ""]
+    bold = pd.DataFrame(False, index=cells.index, columns=cells.columns)
+    bold[value_cols] = best_mask(means[value_cols]).to_numpy()
+    return table(cells, stub="|Checkpoint", stubhead="Checkpoint", bold=bold, title=title,
+                 subtitle="MG-k (%): mean ± std over the image indices, as the original computes it.", notes=notes)
+
+
+def verdicts(scores: pd.DataFrame, reported: pd.DataFrame, pairs: Mapping[str, tuple[str, str]],
+             ks: Sequence[int] = (2, 3, 4, 5)) -> pd.DataFrame:
     """Per Table 1 cell: is the reported value inside our 95 % bootstrap interval over prompts?
 
-    For each of our checkpoints that has a reported counterpart (``REPORTED_METHOD``), each prompt set
-    and MG_k: ours (mean and CI), reported (mean), their difference, and a verdict — "consistent" when the
-    reported mean lies inside our interval, "ours higher" / "ours lower" otherwise. The interval covers
-    prompt sampling only, not differences of hardware, precision or software versions.
+    ``reported`` is :func:`reprolib.reported.load_multigen_reported`; ``pairs`` maps our checkpoints to
+    their reported rows (:func:`counterparts`). For each such checkpoint, prompt set and MG_k: ours
+    (mean and CI), reported (mean), their difference, and a verdict — "consistent" when the reported
+    mean lies inside our interval, "ours higher" / "ours lower" otherwise. The interval covers prompt
+    sampling only, not differences of hardware, precision or software versions.
     """
     rows = []
     for _, r in scores[scores["k"].isin(ks)].iterrows():
-        method = REPORTED_METHOD.get(r["checkpoint"])
-        if method is None:
+        if r["checkpoint"] not in pairs:
             continue
-        rep = reported[(reported["method"] == method) & (reported["prompt_set"] == r["prompt_set"])
-                       & (reported["k"] == r["k"])]
+        study, key = pairs[r["checkpoint"]]
+        rep = reported[(reported["study"] == study) & (reported["key"] == key)
+                       & (reported["prompt_set"] == r["prompt_set"]) & (reported["k"] == r["k"])]
         if rep.empty:
             continue
         rm = float(rep["mean"].iloc[0])
         verdict = ("consistent" if r["ci_low"] <= rm <= r["ci_high"]
                    else "ours higher" if r["ci_low"] > rm else "ours lower")
-        rows.append({"checkpoint": r["checkpoint"], "reported as": method, "prompt_set": r["prompt_set"],
+        rows.append({"checkpoint": r["checkpoint"], "reported as": rep["name"].iloc[0], "prompt_set": r["prompt_set"],
                      "k": int(r["k"]), "ours": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
-                     "reported": rm, "ours − reported": r["mean"] - rm, "verdict": verdict})
+                     "reported": rm, "reported_std": float(rep["std"].iloc[0]), "ours − reported": r["mean"] - rm,
+                     "verdict": verdict})
     return pd.DataFrame(rows, columns=["checkpoint", "reported as", "prompt_set", "k", "ours", "ci_low", "ci_high",
-                                       "reported", "ours − reported", "verdict"])
+                                       "reported", "reported_std", "ours − reported", "verdict"])
+
+
+def scores_display(scores: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame:
+    """All MG-k scores as the book shows them: "mean ± std" (the original's) and "mean [95 % CI]" (ours)."""
+    from .reported import PROMPT_SETS
+    from .tables import mean_ci, mean_std
+    return pd.DataFrame({
+        "Prompt set": scores["prompt_set"].map(lambda x: PROMPT_SETS.get(x, x)),
+        "Checkpoint": scores["checkpoint"].map(lambda c: labels.get(c, c)), "k": scores["k"].astype(int),
+        "MG-k (%), mean ± std over image indices": [mean_std(m, s) for m, s in zip(scores["mean"], scores["std"])],
+        "MG-k (%), mean [95 % CI over prompts]": [mean_ci(m, lo, hi) for m, lo, hi in
+                                                   zip(scores["mean"], scores["ci_low"], scores["ci_high"])],
+        "images": scores["n_images"].astype(int), "prompts": scores["n_prompts"].astype(int),
+        "blacked out": scores["blacked_out"].astype(int)})
+
+
+def paired_display(paired: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame:
+    """Paired comparisons as the book shows them: the difference with its paired-bootstrap interval."""
+    from .reported import PROMPT_SETS
+    from .tables import mean_ci, p_value
+    return pd.DataFrame({
+        "Prompt set": paired["prompt_set"].map(lambda x: PROMPT_SETS.get(x, x)),
+        "A": paired["checkpoint_a"].map(lambda c: labels.get(c, c)),
+        "B": paired["checkpoint_b"].map(lambda c: labels.get(c, c)), "k": paired["k"].astype(int),
+        "MG-k A − B (points) [95 % CI]": [mean_ci(d, lo, hi) for d, lo, hi in
+                                          zip(paired["diff"], paired["ci_low"], paired["ci_high"])],
+        "p (paired bootstrap)": paired["p_bootstrap"].map(p_value),
+        "p (McNemar, exact)": paired["p_mcnemar"].map(p_value),
+        "cells only A / only B / all": [f"{a} / {b} / {n}" for a, b, n in
+                                        zip(paired["a_only"], paired["b_only"], paired["n_cells"])]})
+
+
+def side_by_side(verdict: pd.DataFrame, labels: Mapping[str, str], profile_name: str):
+    """Our cells beside the reported ones with the per-cell verdict: one row group per checkpoint,
+    rows "ours", "reported", "verdict"; columns (prompt set, MG_k). A book table (``GT``)."""
+    from .reported import PROMPT_SETS
+    from .tables import mean_ci, mean_std, table
+    cols = list(dict.fromkeys(zip(verdict["prompt_set"], verdict["k"])))
+    header = pd.MultiIndex.from_tuples([("", "group"), ("", "row")]
+                                       + [(PROMPT_SETS.get(ps, ps), f"MG{k} (%)") for ps, k in cols])
+    rows = []
+    for ckpt, g in verdict.groupby("checkpoint", sort=False):
+        cell = {(r.prompt_set, r.k): r for r in g.itertuples()}
+        group = labels.get(ckpt, ckpt)
+        get = [cell.get(c) for c in cols]
+        rows.append([group, f"ours ({profile_name} profile), mean [95 % CI]",
+                     *[mean_ci(r.ours, r.ci_low, r.ci_high) if r else None for r in get]])
+        rows.append([group, f"reported: {g['reported as'].iloc[0]}",
+                     *[mean_std(r.reported, r.reported_std) if r else None for r in get]])
+        rows.append([group, "verdict", *[r.verdict if r else None for r in get]])
+    return table(pd.DataFrame(rows, columns=header), stub="|row", group="|group", stubhead="",
+                 title=f"Ours ({profile_name} profile) beside the reported values",
+                 subtitle="Verdict: is the reported mean inside our 95 % bootstrap interval over prompts?")
 
 
 def tidy(scores: pd.DataFrame, paired: pd.DataFrame, reported: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -792,36 +867,54 @@ def run_scoring(profile: Profile, prompt_sets: Mapping[str, PromptSet]) -> Multi
 
 # =========================================================================== figures
 
-def plot_mg_curves(scores: pd.DataFrame, reported: pd.DataFrame | None = None):
-    """MG_k against k, one panel per prompt set, one line per checkpoint with its 95 % CI band."""
+def plot_mg_curves(scores: pd.DataFrame, reported: pd.DataFrame | None = None,
+                   pairs: Mapping[str, tuple[str, str]] | None = None, labels: Mapping[str, str] | None = None):
+    """MG_k against k, one panel per prompt set, one line per checkpoint with its 95 % CI band.
+
+    With ``reported`` (:func:`reprolib.reported.load_multigen_reported`) and ``pairs`` (:func:`counterparts`),
+    each checkpoint's reported counterpart is drawn dashed with × markers. ``labels``: display names.
+    """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    sets = list(dict.fromkeys(scores["prompt_set"]))
+    labels = dict(labels or {})
+    data = scores.assign(checkpoint=scores["checkpoint"].map(lambda c: labels.get(c, c)))
+    sets = list(dict.fromkeys(data["prompt_set"]))
+    shown = [c for c in dict.fromkeys(scores["checkpoint"])]
+    drawn_reported = False
     with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets), 3.6), sharey=True, squeeze=False)
-        palette = dict(zip(dict.fromkeys(scores["checkpoint"]), sns.color_palette(n_colors=scores["checkpoint"].nunique())))
+        fig, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets) + 1.5, 3.6), sharey=True, squeeze=False)
+        names = [labels.get(c, c) for c in shown]
+        palette = dict(zip(names, sns.color_palette("colorblind", n_colors=len(names))))
         for ax, ps in zip(axes[0], sets):
-            d = scores[scores["prompt_set"] == ps]
+            d = data[data["prompt_set"] == ps]
             sns.lineplot(data=d, x="k", y="mean", hue="checkpoint", marker="o", palette=palette, ax=ax,
-                         legend=ax is axes[0][0])
-            for ckpt, g in d.groupby("checkpoint", sort=False):
-                ax.fill_between(g["k"], g["ci_low"], g["ci_high"], color=palette[ckpt], alpha=0.2, lw=0)
-            if reported is not None:
+                         legend=False)
+            for name, g in d.groupby("checkpoint", sort=False):
+                ax.fill_between(g["k"], g["ci_low"], g["ci_high"], color=palette[name], alpha=0.2, lw=0)
+            if reported is not None and pairs:
                 r = reported[reported["prompt_set"] == ps]
-                for ckpt in palette:
-                    m = r[r["method"] == REPORTED_METHOD.get(ckpt, "")]
+                for ckpt in shown:
+                    if ckpt not in pairs:
+                        continue
+                    study, key = pairs[ckpt]
+                    m = r[(r["study"] == study) & (r["key"] == key)].sort_values("k")
                     if len(m):
-                        ax.plot(m["k"], m["mean"], ls="--", marker="x", color=palette[ckpt], alpha=0.7)
-            title = f"{ps} (dashed ×: reported)" if reported is not None else ps
-            ax.set(title=title, xlabel="k (objects found ≥ k)", ylabel="MG_k (%)", xticks=range(1, NUM_INS + 1))
+                        drawn_reported = True
+                        ax.plot(m["k"], m["mean"], ls="--", marker="x", color=palette[labels.get(ckpt, ckpt)],
+                                alpha=0.8)
+            ax.set(title=ps, xlabel="k (objects found ≥ k)", ylabel="MG-k (%)", xticks=range(1, NUM_INS + 1))
+        handles = [plt.Line2D([], [], color=palette[n], marker="o", label=n) for n in names]
+        if drawn_reported:
+            handles.append(plt.Line2D([], [], color="grey", ls="--", marker="x", label="reported counterpart"))
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
         fig.tight_layout()
     return fig
 
 
 def image_grid(paths: StagePaths, prompt_set: PromptSet, checkpoints: Sequence[str], prompt_ids: Sequence[int],
-               index: int = 0):
-    """Image ``index`` of a few prompts (columns) for each checkpoint (rows), prompts as titles."""
+               index: int = 0, labels: Mapping[str, str] | None = None):
+    """Image ``index`` of a few prompts (columns) for each checkpoint (rows, named by ``labels``), prompts as titles."""
     import textwrap
 
     import matplotlib.pyplot as plt
@@ -840,7 +933,7 @@ def image_grid(paths: StagePaths, prompt_set: PromptSet, checkpoints: Sequence[s
             if r == 0:
                 ax.set_title(textwrap.fill(prompt_set.records[pid]["text"], 30), fontsize=7)
             if c == 0:
-                ax.set_ylabel(ckpt, fontsize=9)
+                ax.set_ylabel(textwrap.fill((labels or {}).get(ckpt, ckpt), 22), fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -20,7 +20,7 @@ from .config import Profile, apply_runtime
 from .io import atomic_write_json
 
 PACKAGES = ("reprolib", "torch", "torchvision", "diffusers", "transformers", "accelerate", "torchmetrics",
-            "safetensors", "numpy", "pandas", "papermill", "jupyter-book")
+            "safetensors", "numpy", "pandas", "scipy", "statsmodels", "great-tables", "papermill", "jupyter-book")
 WORLD_BANNER = ("A small text-to-image model trained from scratch on synthetic shapes (on one GPU, minutes), "
                 "fine-tuned for minutes on CPU: these numbers test whether TokenCompose's mechanism helps "
                 "composition in a toy world, not what it does for Stable Diffusion.")
@@ -168,7 +168,10 @@ def glue_provenance(prefix: str, prov: Provenance, out_dir: str | Path) -> Path:
     """Finish the stage record and glue ``<prefix>provenance`` (one line) and ``<prefix>provenance_full``."""
     from IPython.display import HTML
     from myst_nb import glue
+
+    from .tables import glue_table
     path = finish_stage(prov, out_dir)
     glue(f"{prefix}provenance", HTML(f'<p class="repro-provenance">{prov.short()}</p>'), display=False)
-    glue(f"{prefix}provenance_full", provenance_table(prov), display=False)
+    glue_table(f"{prefix}provenance_full", provenance_table(prov).reset_index(), display=False,
+               labels={"field": "Field", "value": "Value"}, wrap={"value": 30})
     return path

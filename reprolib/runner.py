@@ -33,11 +33,16 @@ STAGE_DIR = BOOK / "_stages"          # executed notebooks live inside the book,
 CACHE_FILE = ".stage-cache.json"
 
 #: Which earlier stages a stage reads from (its cache key includes theirs).
-UPSTREAM: dict[str, tuple[str, ...]] = {"02": ("01",), "03": ("02",), "04": ("02",), "05": ("02",)}
+UPSTREAM: dict[str, tuple[str, ...]] = {"02": ("01",), "03": ("02",), "04": ("02",), "05": ("02",),
+                                        "07": ("03", "04", "05")}   # 07 reads their measurements (paper profile)
 
 
 class StageFailed(RuntimeError):
     """A stage notebook raised; the message names the stage and the partial notebook."""
+
+
+class StagesNotReady(RuntimeError):
+    """The book was asked for while stage notebooks are missing or stale; the message says what to run."""
 
 
 @dataclass(frozen=True)
@@ -262,7 +267,7 @@ def run_stages(profile: str = "tiny", overrides: Mapping[str, Any] | None = None
         cache.pop(st.id, None)
         atomic_write_json(stage_dir / CACHE_FILE, cache)
         execute_stage(st, output, params, kernel)
-        cache[st.id] = {"key": key, "profile": profile, "seconds": round(time.time() - t0, 1),
+        cache[st.id] = {"key": key, "profile": profile, "overrides": overrides, "seconds": round(time.time() - t0, 1),
                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic_write_json(stage_dir / CACHE_FILE, cache)
         log(f"[{st.id}] {st.name}: done in {time.time() - t0:.0f} s → {output}")
@@ -279,3 +284,84 @@ def build_book(strict: bool = True, book: Path = BOOK) -> Path:
     if r.returncode != 0:
         raise RuntimeError(f"book build failed (exit {r.returncode}): {' '.join(cmd)}")
     return book / "_build" / "html"
+
+
+# --------------------------------------------------------------------------- the book's own check
+
+#: How ``jupyter-book build book`` treats missing or stale stages (env ``REPROLIB_BOOK_STAGES``):
+#: ``run`` executes them through the runner's cache first, ``check`` stops with one line saying what to
+#: run, ``auto`` (default) runs them on a tiny profile (minutes on a CPU) and stops on any other (hours
+#: on a GPU are not started by a docs build).
+BOOK_STAGES_ENV = "REPROLIB_BOOK_STAGES"
+BOOK_STAGE_MODES = ("auto", "run", "check")
+
+
+@dataclass(frozen=True)
+class StageState:
+    stage: Stage
+    state: str        # "fresh" | "missing" | "stale"
+
+
+def last_run(stage_dir: Path = STAGE_DIR) -> tuple[str, dict[str, Any]]:
+    """Profile and overrides of the most recent stage run recorded in the cache (``tiny``, {} when none)."""
+    entries = [v for v in load_cache(stage_dir).values() if isinstance(v, dict) and v.get("profile")]
+    if not entries:
+        return "tiny", {}
+    last = max(entries, key=lambda v: v.get("finished", ""))
+    return str(last["profile"]), dict(last.get("overrides") or {})
+
+
+def stage_states(profile: str, overrides: Mapping[str, Any] | None = None, stage_dir: Path = STAGE_DIR,
+                 notebooks: Path = NOTEBOOKS) -> list[StageState]:
+    """Each stage's state for this profile and overrides, by the same cache keys as :func:`run_stages`:
+    ``missing`` (no executed notebook or no cache entry), ``stale`` (its key changed) or ``fresh``."""
+    cache = load_cache(stage_dir)
+    code = source_digest()
+    params = {"profile": profile, "overrides": dict(overrides or {})}
+    keys: dict[str, str] = {}
+    out = []
+    for st in discover_stages(notebooks):
+        keys[st.id] = stage_key(st, params, [keys.get(u, "") for u in UPSTREAM.get(st.id, ())], code)
+        entry = cache.get(st.id) or {}
+        if not (stage_dir / f"{st.name}.ipynb").is_file() or not entry:
+            state = "missing"
+        else:
+            state = "fresh" if entry.get("key") == keys[st.id] else "stale"
+        out.append(StageState(st, state))
+    return out
+
+
+def run_command(profile: str, overrides: Mapping[str, Any] | None = None) -> str:
+    """The command that (re)produces the stages of a profile with these overrides."""
+    import shlex
+    cmd = f"python -m reprolib run --profile {shlex.quote(profile)}"
+    for k, v in (overrides or {}).items():
+        cmd += f" -p {k} {shlex.quote(v if isinstance(v, str) else json.dumps(v))}"
+    return cmd
+
+
+def ensure_stages(mode: str | None = None, stage_dir: Path = STAGE_DIR, notebooks: Path = NOTEBOOKS,
+                  log=print) -> list[tuple[str, str]]:
+    """Before the book is built: run the missing or stale stages, or stop with one line naming the command.
+
+    The profile and overrides are those of the last recorded run (``tiny`` on a fresh clone). ``mode`` is
+    one of :data:`BOOK_STAGE_MODES` (default: env ``REPROLIB_BOOK_STAGES``, else ``auto``). Returns what
+    :func:`run_stages` returned ([] when every stage was fresh); raises :class:`StagesNotReady`.
+    """
+    import os
+    mode = (mode or os.environ.get(BOOK_STAGES_ENV) or "auto").strip().lower()
+    if mode not in BOOK_STAGE_MODES:
+        raise ValueError(f"{BOOK_STAGES_ENV}={mode!r}: expected one of {', '.join(BOOK_STAGE_MODES)}")
+    profile, overrides = last_run(stage_dir)
+    todo = [s for s in stage_states(profile, overrides, stage_dir, notebooks) if s.state != "fresh"]
+    if not todo:
+        return []
+    what = ", ".join(f"{s.stage.name} ({s.state})" for s in todo)
+    if mode == "auto":
+        mode = "run" if load_profile(profile, overrides).is_tiny else "check"
+    if mode == "check":
+        raise StagesNotReady(f"the book needs stage notebooks that are missing or stale: {what}; "
+                             f"run `{run_command(profile, overrides)}` first")
+    log(f"book: running the missing or stale stages first ({what}), profile {profile!r}")
+    return run_stages(profile, overrides, only=[s.stage.id for s in todo], stage_dir=stage_dir,
+                      notebooks=notebooks, log=log)

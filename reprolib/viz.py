@@ -15,10 +15,11 @@ glued to a word ("star," → "star" + ",") are dropped from it: a comma is not p
 
 **Figures** (seaborn/matplotlib, one style, each function returns a ``Figure``):
 :func:`sample_grid` (Figs 1–2), :func:`attention_over_time` (Figs 3–4: rows = words, columns =
-steps, checkpoints side by side, optionally overlaid on the final image), :func:`mass_figure`.
-Maps are shown divided by their own maximum, as prompt-to-prompt's ``show_cross_attention`` (whose
-code the authors acknowledge) does; ``norm="row"`` shares one scale per word across steps and
-checkpoints instead, so that magnitudes can be compared.
+steps, checkpoints side by side, each checkpoint's final image in its own column), :func:`mass_figure`.
+Maps are heatmaps in a perceptually uniform colormap with one colour scale per row (word) and a colour
+bar: ``norm="row"`` shares the scale across steps and checkpoints so that magnitudes compare;
+``norm="max"`` divides each map by its own maximum, as prompt-to-prompt's ``show_cross_attention``
+(whose code the authors acknowledge) does.
 
 **Attention mass inside the mask** (what the report's Figs 3–4 only show): for a noun with token
 set ``T`` and a binary mask ``M`` of its object, ``mass = Σ_p M(p) Σ_{k∈T} A_k(p) / Σ_p Σ_{k∈T} A_k(p)``
@@ -590,10 +591,28 @@ def paired_difference(df, a: str, b: str, by: Sequence[str] = ("layer", "step"),
     return pd.DataFrame(rows, columns=by + ["diff", "lo", "hi", "n"])
 
 
+def mass_display(df):
+    """A :func:`summarize_mass` or :func:`paired_difference` table as the book shows it: the estimate
+    with its interval as one "mean [lo, hi]" cell, the chance level beside it, readable headers."""
+    import pandas as pd
+
+    from .tables import mean_ci
+    value = "mass" if "mass" in df.columns else "diff"
+    out = df.drop(columns=[c for c in (value, "lo", "hi", "chance", "n") if c in df.columns]).copy()
+    out.columns = [str(c).replace("_", " ").capitalize() for c in out.columns]
+    head = "Mass inside mask [95 % CI]" if value == "mass" else "Difference in mass [95 % CI]"
+    digits = 3 if value == "mass" else 4                      # differences are small: one more digit
+    out[head] = [mean_ci(m, lo, hi, digits) for m, lo, hi in zip(df[value], df["lo"], df["hi"])]
+    if "chance" in df.columns:
+        out["Chance (mask area)"] = df["chance"].round(3).to_numpy()
+    out["Prompts"] = df["n"].astype(int).to_numpy()
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
 # --------------------------------------------------------------------------- figures
 
 _STYLE = dict(style="white", context="paper")
-CMAP = "jet"            # prompt-to-prompt and the project page show maps in a rainbow colormap
+CMAP = "viridis"        # perceptually uniform (the original figures' rainbow "jet" is not)
 NOUN_COLOR = "#c0392b"
 
 
@@ -605,6 +624,18 @@ def _style():
     stack.enter_context(sns.axes_style(_STYLE["style"]))
     stack.enter_context(sns.plotting_context(_STYLE["context"]))
     return stack
+
+
+def freeze_layout(fig):
+    """Fix a constrained-layout figure's geometry: every later render gives the same pixels.
+
+    Constrained layout re-solves at each draw and the first draw moves things (colour bars), so the
+    PNG that ``myst_nb.glue`` stores and the one the notebook displays would differ; the book only ships
+    images that its stage notebook pages display, so a glued figure whose twin differs is lost.
+    """
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    return fig
 
 
 def checkpoint_palette(names: Sequence[str]) -> dict[str, Any]:
@@ -648,7 +679,7 @@ def sample_grid(images: Mapping[str, Sequence[Sequence[np.ndarray]]], prompts: S
                     ax.imshow(images[c][r][si])
                     _blank(ax)
                     if r == 0:
-                        ax.set_title(f"{c}\nseed {s}", fontsize=8)
+                        ax.set_title(f"{_wrap(c, 18)}\nseed {s}", fontsize=7)
             axes[r, 0].set_ylabel(_wrap(prompt), fontsize=7, rotation=0, ha="right", va="center")
         fig.tight_layout()
     return fig
@@ -660,15 +691,20 @@ def _upsample(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def attention_over_time(records: Mapping[str, AttentionRecord], words: Sequence[Word], group: str,
-                        steps: Sequence[int], overlay: bool = True, norm: str = "max",
+                        steps: Sequence[int], overlay: bool = False, norm: str = "row",
                         show_image: bool = True, alpha: float = 0.6, panel: float = 1.1):
     """Figs 3–4: rows = words, columns = steps; checkpoints side by side, nouns highlighted.
 
-    Each checkpoint block is ``len(steps)`` map columns plus (``show_image``) its final image. With
-    ``overlay`` the maps are drawn over the final image, upsampled bilinearly. ``norm="max"`` divides
-    each map by its maximum; ``"row"`` uses one maximum per word across steps and checkpoints.
+    Maps are heatmaps in a perceptually uniform colormap (:data:`CMAP`) with **one colour scale per
+    row** and its colour bar at the row's end: ``norm="row"`` (default) shows attention probabilities
+    (summed over the word's tokens) from 0 to the word's maximum over steps and checkpoints, so
+    magnitudes compare along a row; ``norm="max"`` divides each map by its own maximum (prompt-to-prompt's
+    ``show_cross_attention``), so the bar reads "fraction of the map's maximum". Each checkpoint's final
+    image has its own column (top row), not under the maps; ``overlay=True`` restores drawing the maps
+    over it.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     ckpts = list(records)
@@ -685,38 +721,45 @@ def attention_over_time(records: Mapping[str, AttentionRecord], words: Sequence[
     block = len(idx) + int(show_image)
     n_cols = block * len(ckpts)
     with _style():
-        fig, axes = plt.subplots(len(words), n_cols, figsize=(panel * n_cols + 1.0, panel * len(words) + 0.6),
-                                 squeeze=False)
-        for ci, c in enumerate(ckpts):
-            rec = records[c]
-            size = rec.image.shape[:2]
-            for wi, word in enumerate(words):
+        fig = plt.figure(figsize=(panel * n_cols + 1.8, panel * len(words) + 0.9), layout="constrained")
+        gs = fig.add_gridspec(len(words), n_cols + 1, width_ratios=[1.0] * n_cols + [0.08])
+        for wi, word in enumerate(words):
+            vmax = 1.0 if norm == "max" else float(row_max[wi]) or 1.0
+            scale = Normalize(0.0, vmax)
+            for ci, c in enumerate(ckpts):
+                rec = records[c]
                 for si, step in enumerate(idx):
-                    ax = axes[wi, ci * block + si]
+                    ax = fig.add_subplot(gs[wi, ci * block + si])
                     m = wmaps[c][si, wi]
-                    scale = m.max() if norm == "max" else row_max[wi]
-                    m = m / scale if scale > 0 else m
+                    if norm == "max":
+                        m = m / m.max() if m.max() > 0 else m
                     if overlay:
                         ax.imshow(rec.image)
-                        ax.imshow(_upsample(m, size), cmap=CMAP, alpha=alpha, vmin=0, vmax=1)
+                        ax.imshow(_upsample(m, rec.image.shape[:2]), cmap=CMAP, norm=scale, alpha=alpha)
                     else:
-                        ax.imshow(m, cmap=CMAP, vmin=0, vmax=1, interpolation="nearest")
+                        ax.imshow(m, cmap=CMAP, norm=scale, interpolation="nearest")
                     _blank(ax)
-                    if wi == 0:
-                        ax.set_title(f"{c}\nstep {step} (t={rec.timesteps[step]})", fontsize=7)
-                if show_image:
-                    ax = axes[wi, ci * block + len(idx)]
+                    if si == 0 and ci == 0:
+                        ax.set_ylabel(word.text, rotation=0, ha="right", va="center", fontsize=9,
+                                      color=NOUN_COLOR if word.is_noun else "black",
+                                      fontweight="bold" if word.is_noun else "normal")
+                    if wi == 0:                       # the checkpoint's name once, over its first column
+                        name = _wrap(c, 18) if si == 0 else ""
+                        ax.set_title(f"{name}\nstep {step} (t={rec.timesteps[step]})", fontsize=7)
+                if show_image and wi == 0:
+                    ax = fig.add_subplot(gs[0, ci * block + len(idx)])
                     ax.imshow(rec.image)
                     _blank(ax)
-                    if wi == 0:
-                        ax.set_title(f"{c}\nimage", fontsize=7)
-        for wi, word in enumerate(words):
-            axes[wi, 0].set_ylabel(word.text, rotation=0, ha="right", va="center", fontsize=9,
-                                   color=NOUN_COLOR if word.is_noun else "black",
-                                   fontweight="bold" if word.is_noun else "normal")
+                    ax.set_title("final image", fontsize=7)
+            cax = fig.add_subplot(gs[wi, n_cols], label=f"colour bar: {word.text}")
+            bar = fig.colorbar(plt.cm.ScalarMappable(norm=scale, cmap=CMAP), cax=cax)
+            bar.ax.tick_params(labelsize=6)
+            bar.locator = plt.MaxNLocator(3)
+            bar.update_ticks()
+            if wi == len(words) // 2:
+                bar.set_label("÷ map max" if norm == "max" else "attention", fontsize=7)
         fig.suptitle(records[ckpts[0]].prompt, fontsize=10)
-        fig.tight_layout()
-    return fig
+    return freeze_layout(fig)
 
 
 def mass_figure(summary, facet: str | None = None, x: str = "step", palette: Mapping[str, Any] | None = None,
@@ -733,9 +776,9 @@ def mass_figure(summary, facet: str | None = None, x: str = "step", palette: Map
     palette = dict(palette or checkpoint_palette(ckpts))
     n_cols = min(len(facets), 5)
     n_rows = -(-len(facets) // n_cols)
+    width = max(panel * n_cols, 2 * panel) + 0.4          # a single facet still gets room for its data
     with _style():
-        fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel * n_cols + 0.4, panel * n_rows + 0.4),
-                                 squeeze=False, sharey=True)
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, panel * n_rows + 0.4), squeeze=False, sharey=True)
         for k, fv in enumerate(facets):
             ax = axes[k // n_cols, k % n_cols]
             sub = summary if fv is None else summary[summary[facet] == fv]
@@ -747,10 +790,12 @@ def mass_figure(summary, facet: str | None = None, x: str = "step", palette: Map
             ax.plot(ch.index, ch.values, ls="--", color="grey", label="chance (mask area)")
             ax.set_title("all nouns" if fv is None else str(fv), fontsize=9)
             ax.set_xlabel("denoising step" if x == "step" else x)
-            ax.set_ylim(0, 1)
+            ax.margins(y=0.08)                                 # scaled to the data and the chance line
         for k in range(len(facets), n_rows * n_cols):
             axes[k // n_cols, k % n_cols].remove()
-        axes[0, 0].set_ylabel("attention mass inside mask")
-        axes[0, 0].legend(fontsize=7, loc="best")
+        for r in range(n_rows):
+            axes[r, 0].set_ylabel("attention mass inside mask", fontsize=8)
         fig.tight_layout()
+        handles, names = axes[0, 0].get_legend_handles_labels()   # one legend, at the right, never over the data
+        fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
     return fig

@@ -117,20 +117,28 @@ def test_paired_test_identical_and_clearly_different():
         mg.paired_test(a, a.assign(prompt_id=a["prompt_id"] + 100), 1)
 
 
-def test_table1_and_tidy_layout():
+def test_table1_is_ours_only_with_display_names_and_tidy_layout():
     scores = pd.DataFrame([{"prompt_set": ps, "checkpoint": "sd14", "k": k, "mean": 10.0 * k, "std": 1.0,
                             "ci_low": 0, "ci_high": 1} for ps in ("coco", "ade20k") for k in range(1, 6)])
-    reported = mg.load_reported()
-    t = mg.table1(scores, reported)
-    assert list(t.index[:2]) == ["sd14 (ours)", "SD 1.4 (reported)"]
-    assert t.loc["sd14 (ours)", ("coco", "MG3")] == "30.00 (1.00)"
-    assert t.loc["SD 1.4 (reported)", ("ade20k", "MG2")] == "89.81 (0.40)"   # README, SD 1.4, ADE20K MG2
-    assert "TokenCompose (reported)" in t.index
-    world = scores.assign(prompt_set="miniworld", checkpoint="base")      # no paper scored this set
-    assert list(mg.table1(world, reported).index) == ["base (ours)"]
-    long = mg.tidy(scores, pd.DataFrame(), reported)
+    cells, means = mg.table1(scores, {"sd14": "SD1.4"})
+    assert cells[("", "Checkpoint")].tolist() == ["SD1.4"]                 # reported rows never mixed in
+    assert cells.loc[0, ("COCO", "MG3 (%)")] == "30.00 ± 1.00" and means.loc[0, ("ADE20K", "MG5 (%)")] == 50.0
+    world = scores.assign(prompt_set="miniworld", checkpoint="base")
+    assert mg.table1(world)[0].columns[1] == ("miniworld", "MG2 (%)")
+    html = mg.table1_gt(world, {"base": "World base"}, title="Table 1, ours — tiny profile").as_raw_html()
+    assert "World base" in html and "tiny profile" in html
+    long = mg.tidy(scores, pd.DataFrame(), mg.load_reported())
     assert set(long["source"].str.split(":").str[0]) == {"ours", "reported"}
     assert (long["source"] == "ours").sum() == 10 * 4
+
+
+def test_counterparts_only_on_real_profiles():
+    from reprolib.config import load_profile
+    assert mg.counterparts(["sd14", "base", "runs/tiny/train/unet"], load_profile("tiny")) == {}
+    paper = load_profile("paper")
+    pairs = mg.counterparts(["sd14", "tokencompose_a", "runs/paper/train/unet", "other"], paper)
+    assert pairs == {"sd14": ("authors", "SD 1.4"), "tokencompose_a": ("report", "A"),
+                     "runs/paper/train/unet": ("report", "retrained")}
 
 
 # --------------------------------------------------------------------------- prompt sets
@@ -380,22 +388,22 @@ def test_classic_attention_and_pndm_scheduler():
 
 def test_verdict_per_cell_compares_reported_mean_with_our_interval():
     import pandas as pd
-    from reprolib.multigen import verdicts
+    from reprolib.multigen import side_by_side, verdicts
+    from reprolib.reported import load_multigen_reported
     scores = pd.DataFrame([
         dict(prompt_set="coco", checkpoint="sd14", k=2, mean=90.0, std=1.0, ci_low=88.0, ci_high=92.0),
         dict(prompt_set="coco", checkpoint="sd14", k=3, mean=40.0, std=1.0, ci_low=38.0, ci_high=42.0),
         dict(prompt_set="coco", checkpoint="tokencompose_a", k=3, mean=80.0, std=1.0, ci_low=78.0, ci_high=82.0),
         dict(prompt_set="coco", checkpoint="/my/unet", k=3, mean=70.0, std=1.0, ci_low=60.0, ci_high=80.0),
     ])
-    reported = pd.DataFrame([
-        dict(method="SD 1.4", prompt_set="coco", k=2, mean=90.72, std=1.33),
-        dict(method="SD 1.4", prompt_set="coco", k=3, mean=50.74, std=0.89),
-        dict(method="TokenCompose", prompt_set="coco", k=3, mean=76.16, std=1.04),
-    ])
-    v = verdicts(scores, reported)
+    pairs = {"sd14": ("authors", "SD 1.4"), "tokencompose_a": ("report", "A")}
+    v = verdicts(scores, load_multigen_reported(), pairs)
     assert v["verdict"].tolist() == ["consistent", "ours lower", "ours higher"]
-    assert v["ours − reported"].round(2).tolist() == [-0.72, -10.74, 3.84]
+    assert v["ours − reported"].round(2).tolist() == [-0.72, -10.74, 3.85]      # A: 76.15 in the report
+    assert v["reported as"].tolist() == ["SD1.4", "SD1.4", "TokenCompose (checkpoint A)"]
     assert "/my/unet" not in set(v["checkpoint"])          # no reported counterpart: no verdict
+    html = side_by_side(v, {"sd14": "SD1.4", "tokencompose_a": "TokenCompose (checkpoint A)"}, "paper").as_raw_html()
+    assert "ours (paper profile), mean [95 % CI]" in html and "76.15 ± 1.01" in html and "ours higher" in html
 
 
 def test_resumed_generation_redoes_images_when_weights_or_settings_change(tmp_path):

@@ -25,9 +25,11 @@ NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = {p.stem[:2]: p for p in sorted(NB_DIR.glob("0*_*.ipynb"))}
 
 #: The profile section a stage's bare parameter names refer to.
-SECTION = {"01": "data", "02": "train", "03": "multigen", "04": "attention", "05": "editing", "06": "train"}
+SECTION = {"01": "data", "02": "train", "03": "multigen", "04": "attention", "05": "editing", "06": "train",
+           "07": "report"}
 #: Parameters whose name is not the field's.
 RENAMED = {"02": {"precision": "train.mixed_precision"}, "03": {"out_dir": "multigen.output_dir"},
+           "07": {"out_dir": "report.output_dir"},
            "06": {"threads": "cpu_threads"}}
 #: Parameters that are not profile fields, on purpose: what the runner passes, output folders of a
 #: single papermill run, and display or experiment-size knobs of one notebook.

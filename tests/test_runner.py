@@ -133,3 +133,48 @@ def test_dead_kernel_names_stage_cause_and_honest_partial_notebook(stages):
 ])
 def test_death_cause_in_words(code, peak, avail, expected):
     assert expected in runner.death_cause(code, peak, avail, total=24 * 2 ** 30)
+
+
+# --------------------------------------------------------------------------- the book's own check
+
+def test_book_check_names_missing_then_stale_stages_and_the_command(stages):
+    """What ``jupyter-book build book`` does with REPROLIB_BOOK_STAGES=check: one line naming each missing or
+    stale stage and the command that (re)produces them with the last run's profile and overrides."""
+    nbs, out, _ = stages
+    with pytest.raises(runner.StagesNotReady) as e:
+        runner.ensure_stages("check", stage_dir=out, notebooks=nbs)
+    assert "01_first (missing), 02_second (missing)" in str(e.value)
+    assert "`python -m reprolib run --profile tiny` first" in str(e.value) and "\n" not in str(e.value)
+    runner.run_stages("tiny", {"train.steps": 3}, notebooks=nbs, stage_dir=out, log=lambda *_: None)
+    assert runner.last_run(out) == ("tiny", {"train.steps": 3})
+    assert runner.ensure_stages("check", stage_dir=out, notebooks=nbs) == []        # all fresh: nothing to do
+    nb = nbformat.read(str(nbs / "02_second.ipynb"), as_version=4)
+    nb.cells[1].source += "\ny = 2"
+    nbformat.write(nb, str(nbs / "02_second.ipynb"))
+    with pytest.raises(runner.StagesNotReady, match=r"02_second \(stale\); run `python -m reprolib run --profile "
+                                                    r"tiny -p train.steps 3` first"):
+        runner.ensure_stages("check", stage_dir=out, notebooks=nbs)
+
+
+def test_book_runs_missing_or_stale_stages_through_the_cache(stages):
+    """On a tiny profile (``auto``) the book build runs what is missing, through the cache, then nothing."""
+    nbs, out, log = stages
+    ran = runner.ensure_stages("auto", stage_dir=out, notebooks=nbs, log=lambda *_: None)
+    assert ran == [("01", "ran"), ("02", "ran")]
+    assert runner.ensure_stages("auto", stage_dir=out, notebooks=nbs, log=lambda *_: None) == []
+    (out / "02_second.ipynb").unlink()                                   # an executed notebook lost
+    assert runner.ensure_stages("run", stage_dir=out, notebooks=nbs, log=lambda *_: None) == [("02", "ran")]
+    assert log.read_text().splitlines() == ["01_first tiny {}", "02_second tiny {}", "02_second tiny {}"]
+    with pytest.raises(ValueError, match="REPROLIB_BOOK_STAGES='later'"):
+        runner.ensure_stages("later", stage_dir=out, notebooks=nbs)
+
+
+def test_book_stops_rather_than_start_a_real_weights_run(stages, monkeypatch):
+    """``auto`` never starts a paper-profile run from a docs build: it stops and says what to run."""
+    nbs, out, _ = stages
+    runner.run_stages("tiny", {}, notebooks=nbs, stage_dir=out, log=lambda *_: None)
+    cache = json.loads((out / runner.CACHE_FILE).read_text())
+    cache["02"].update(profile="paper", finished="9999-01-01T00:00:00")    # the last run was the paper profile
+    (out / runner.CACHE_FILE).write_text(json.dumps(cache))
+    with pytest.raises(runner.StagesNotReady, match=r"run `python -m reprolib run --profile paper` first"):
+        runner.ensure_stages("auto", stage_dir=out, notebooks=nbs)

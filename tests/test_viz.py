@@ -247,16 +247,34 @@ def test_sample_grid_axes_and_titles():
 
 
 def test_attention_over_time_axes_titles_and_nouns(tokenizer):
+    """Maps per word and step, each checkpoint's final image in its own column (top row), one colour bar
+    per row in a perceptually uniform colormap; nouns in bold."""
     words = viz.prompt_words(tokenizer, "one star, a ring.", ["star", "ring"])
     recs = {"sd14": _record("sd14", "one star, a ring."), "tc": _record("tc", "one star, a ring.", seed=1)}
     for norm, overlay in (("max", True), ("row", False)):
         fig = viz.attention_over_time(recs, words, "up_32", steps=[0, -1], overlay=overlay, norm=norm)
-        assert len(fig.axes) == len(words) * 2 * (2 + 1)
+        bars = [a for a in fig.axes if a.get_label().startswith("colour bar")]
+        assert len(bars) == len(words)                                    # one colour scale per row
+        assert len(fig.axes) == len(words) * 2 * 2 + 2 + len(words)       # maps, final images, colour bars
         top = [a.get_title() for a in fig.axes[:6]]
-        assert top == ["sd14\nstep 0 (t=900)", "sd14\nstep 2 (t=700)", "sd14\nimage",
-                       "tc\nstep 0 (t=900)", "tc\nstep 2 (t=700)", "tc\nimage"]
-        labels = {a.get_ylabel(): a.yaxis.label.get_fontweight() for a in fig.axes[::6]}
+        assert top == ["sd14\nstep 0 (t=900)", "\nstep 2 (t=700)", "final image",
+                       "tc\nstep 0 (t=900)", "\nstep 2 (t=700)", "final image"]
+        labels = {a.get_ylabel(): a.yaxis.label.get_fontweight() for a in fig.axes if a.get_ylabel()
+                  and a not in bars}
         assert labels == {"one": "normal", "star": "bold", "a": "normal", "ring": "bold"}
+        maps = [im for a in fig.axes if a not in bars for im in a.get_images() if im.get_cmap().name == viz.CMAP]
+        assert maps and viz.CMAP in ("viridis", "magma", "inferno", "plasma", "cividis")
+        import hashlib
+        import io
+
+        def png() -> str:
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", bbox_inches="tight")
+            return hashlib.sha256(buf.getvalue()).hexdigest()
+        assert png() == png()                  # glue's PNG and the displayed one are the same pixels
+        if norm == "row":                      # a row's maps share their scale: 0 to the word's maximum
+            row0 = {(im.norm.vmin, im.norm.vmax) for im in maps[:4]}
+            assert len(row0) == 1 and next(iter(row0))[0] == 0
         plt.close(fig)
 
 
@@ -265,6 +283,9 @@ def test_mass_figure_one_axes_per_facet():
     fig = viz.mass_figure(s, facet="noun")
     assert [a.get_title() for a in fig.axes] == ["moon", "ring", "star"]
     assert len(fig.axes[0].lines) == 3                       # two checkpoints and the chance line
+    lo, hi = fig.axes[0].get_ylim()                          # scaled to the data, not pinned to [0, 1]
+    shown = pd.concat([s["mass"], s["lo"], s["hi"], s["chance"]]).dropna()
+    assert lo <= shown.min() and hi >= shown.max() and hi - lo < 1.5 * (shown.max() - shown.min()) + 1e-9
     plt.close(fig)
     fig = viz.mass_figure(viz.summarize_mass(_table(), n_boot=50))
     assert len(fig.axes) == 1 and fig.axes[0].get_title() == "all nouns"

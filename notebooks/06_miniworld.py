@@ -62,7 +62,10 @@ from myst_nb import glue
 
 from reprolib import miniexp
 from reprolib.config import stage_profile
+from reprolib.io import repo_path
 from reprolib.report import glue_banner, glue_provenance, start_stage, world_banner_html
+from reprolib.tables import glue_table
+from reprolib.viz import mass_display, paired_difference
 
 params = dict(profile=profile, experiment=experiment, steps=steps, n_prompts=n_prompts,
               images_per_prompt=images_per_prompt, num_inference_steps=num_inference_steps,
@@ -89,26 +92,26 @@ pd.DataFrame([size.__dict__]).T.rename(columns={0: "value"})
 
 # %%
 check = miniexp.base_check(base or miniexp.BASE_DIR)
-glue("world_base_check", check, display=False)
-display(check)
+glue_table("world_base_check", check, title="The base model's sanity check",
+           notes=["Recorded when the base was trained (data/miniworld/base.json)."])
 
 # %% [markdown]
 # ## Run: two fine-tunes, MultiGen-mini, attention mass
 
 # %%
 res = miniexp.run_experiment(P, size, out, base=base or miniexp.BASE_DIR)
-timings = pd.DataFrame([res.timings]).T.rename(columns={0: "seconds"}).round(1)
-glue("world_timings", timings, display=False)
-display(timings)
+glue_table("world_timings", miniexp.timings_display(res.timings), decimals=1,
+           title=f"Wall time of this run ({res.meta.get('threads', '?')} torch thread(s))")
 
 # %% [markdown]
 # ## MultiGen-mini: MG1–MG5 (%) with 95 % CIs over prompts
 
 # %%
-table = miniexp.mg_table(res.scores)
-glue("world_mg_table", table, display=False)
-glue("world_scores", res.scores, display=False)
-display(table)
+mg2_5 = res.scores[res.scores["k"] > 1]          # MG1 is ~100 % for every model (as in the paper's Table 1)
+glue_table("world_mg_table", miniexp.mg_table(mg2_5), bold=miniexp.mg_table_bold(mg2_5), wrap={"Model": 9},
+           title="MultiGen-mini: MG-k (%), mean [95 % CI over prompts]",
+           notes=[f"{size.n_prompts} prompts × {size.images_per_prompt} images, {size.num_inference_steps} steps; "
+                  "best mean per column in bold; MG1 in the figure below."])
 
 # %%
 fig = miniexp.mg_curves(res)
@@ -122,12 +125,45 @@ glue("world_mg_curves", fig, display=False)
 # the clustering by prompt and is the optimistic one).
 
 # %%
-paired = res.paired.round(4)
-glue("world_paired", paired, display=False)
-display(paired)
-summary_line = miniexp.verdict(res.paired)
+glue_table("world_paired", miniexp.paired_display(res.paired), title="Paired comparisons, MultiGen-mini")
+
+# %% [markdown]
+# ## Validity gates
+#
+# The preconditions under which this world's comparison can speak to the real experiment (the base grounds
+# and composes like SD1.4, the fine-tune recipe is not destructive, BLD works with the base), each measured:
+# the base's record (single-object check), this run (grounding, MultiGen-mini, the control arm) and stage 05
+# (edit success in the world). The verdict below is conditional on them.
+
+# %%
+edits_csv = repo_path(P.editing.output_dir) / "world_edit_success.csv"
+edit_success = pd.read_csv(edits_csv) if edits_csv.is_file() else None
+gates = miniexp.validity_gates(miniexp.base_record(base or miniexp.BASE_DIR), res.mass, res.scores, res.paired,
+                               edit_success)
+glue_table("world_gates", gates.drop(columns="gate"), title="Validity gates of the miniature world",
+           fills={"Passes": {"yes": "#d9f0d3", "no": "#f6d5d5"}}, wrap={"Gate": 18, "Measured": 14})
+glue("world_gates_failed", f"{len(miniexp.failed_gates(gates))} of {len(gates)}", display=False)
+summary_line = miniexp.gated_verdict(miniexp.verdict(res.paired), gates)
 glue("world_verdict", summary_line, display=False)
 print(summary_line)
+
+# %% [markdown]
+# ## Diagnosis: where does the base's text attention go?
+#
+# Per layer group that TokenCompose trains: the share of the conditional cross-attention that goes to BOS,
+# to the nouns' tokens, to the other words and to EOS + padding (averaged over pixels, steps and held-out
+# scenes; the shares sum to 100 %), then the nouns' mass inside their exact masks against chance.
+
+# %%
+glue_table("world_flow", miniexp.flow_display(res.flow, res.mass, "base"), decimals=3,
+           title="The base model's cross-attention by token role and layer group",
+           notes=[f"SDEdit from {size.mass_scenes} held-out 4–5-object scenes, {size.mass_steps} steps, "
+                  f"strength {size.mass_strength}."])
+glue_table("world_mass_arms", miniexp.mass_arms_display(res.mass), decimals=2,
+           title="Noun mass inside the mask ÷ chance, per model and layer group")
+flow_line = miniexp.flow_summary(res.flow, res.mass)
+glue("world_flow_summary", flow_line, display=False)
+print(flow_line)
 
 # %% [markdown]
 # ## Samples (same initial noise for every model)
@@ -139,29 +175,26 @@ glue("world_samples", fig, display=False)
 # %% [markdown]
 # ## Attention mass inside the mask over denoising steps
 #
-# SDEdit from held-out 4–5-object world scenes (exact masks), `up_16` maps; dashed: chance (the
-# mask's area fraction).
+# SDEdit from held-out 4–5-object world scenes (exact masks), every trained layer group; dashed: chance
+# (the mask's area fraction).
 
 # %%
 fig = miniexp.mass_curves(res)
 glue("world_mass", fig, display=False)
-from reprolib.viz import paired_difference  # noqa: E402
-
-mass_diff = pd.concat([paired_difference(res.mass, b, a, by=("layer", "step"), n_boot=size.n_boot)
-                       .assign(a=a, b=b) for a, b in (("tokencompose", "finetune"), ("tokencompose", "base"))],
-                      ignore_index=True).round(4)
-glue("world_mass_diff", mass_diff, display=False)
-display(mass_diff)
+mass_diff = pd.concat([paired_difference(res.mass, b, a, by=("layer",), n_boot=size.n_boot)
+                       .assign(A=miniexp.arm_label(a), B=miniexp.arm_label(b))
+                       for a, b in (("tokencompose", "finetune"), ("tokencompose", "base"))], ignore_index=True)
+mass_diff = mass_diff[["A", "B"] + [c for c in mass_diff.columns if c not in ("A", "B")]]
+glue_table("world_mass_diff", mass_display(mass_diff).rename(columns={"Difference in mass [95 % CI]":
+                                                                        "Mass A − B [95 % CI]"}),
+           title="Attention mass inside the mask: paired differences (A − B), mean over steps")
 
 # %% [markdown]
 # ## Training losses of the two fine-tunes
 
 # %%
-logs = pd.concat([log.assign(arm=arm) for arm, log in res.train_logs.items()], ignore_index=True)
-cols = [c for c in ("arm", "step", "loss", "denoise", "token", "pixel") if c in logs.columns]
-last = logs[cols].groupby("arm").tail(5).groupby("arm").mean(numeric_only=True).round(4)
-glue("world_train_last", last, display=False)
-display(last)
+glue_table("world_train_last", miniexp.train_last_display(res.train_logs), decimals=4,
+           title="Training losses at the end of each fine-tune")
 
 # %%
 glue_provenance("world_", prov, out)

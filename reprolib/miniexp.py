@@ -46,6 +46,9 @@ from .models import WORLD_BASE_DIR
 BASE_DIR = WORLD_BASE_DIR
 #: The three models compared, in table order.
 ARMS = ("base", "tokencompose", "finetune")
+#: What a reader sees for each arm (tables, figures, the verdict): never the internal key.
+ARM_LABELS = {"base": "World base (not fine-tuned)", "tokencompose": "(a) TokenCompose fine-tune",
+              "finetune": "(b) plain fine-tune, λ = 0"}
 #: Groups the base UNet's fine-tunes train: mid + up (SD1.4: mid_8, up_16/32/64).
 BASE_TRAIN_LAYERS = ("mid_2", "up_4", "up_8", "up_16")
 DETECTION_THRESHOLD = 0.5
@@ -210,13 +213,60 @@ def score_arms(results: Mapping[str, Mapping[str, Any]], records: Sequence[Mappi
     return score_df, pd.DataFrame(paired), cell_df
 
 
+def arm_label(arm: str) -> str:
+    """The display name of an arm (its key when it is not one of :data:`ARM_LABELS`)."""
+    return ARM_LABELS.get(arm, arm)
+
+
 def mg_table(scores: pd.DataFrame, decimals: int = 1) -> pd.DataFrame:
-    """Rows = models, columns = MG1..MG5 as "mean [ci_low, ci_high]" (%)."""
-    wide = {}
+    """Rows = models (display names, first column), columns = "MG1 (%)".."MG5 (%)" as "mean [lo, hi]"."""
+    from .tables import mean_ci
+    rows = []
     for arm, g in scores.groupby("checkpoint", sort=False):
-        wide[arm] = {f"MG{int(r.k)}": f"{r.mean:.{decimals}f} [{r.ci_low:.{decimals}f}, {r.ci_high:.{decimals}f}]"
-                     for r in g.itertuples()}
-    return pd.DataFrame.from_dict(wide, orient="index")
+        row = {"Model": arm_label(arm)}
+        row.update({f"MG{int(r.k)} (%)": mean_ci(r.mean, r.ci_low, r.ci_high, decimals) for r in g.itertuples()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mg_table_bold(scores: pd.DataFrame) -> pd.DataFrame:
+    """Cells of :func:`mg_table` to set in bold: the best mean per MG-k column (ties all bold)."""
+    from .tables import best_mask
+    means = scores.pivot_table(index="checkpoint", columns="k", values="mean", sort=False)
+    means = means.reindex(list(dict.fromkeys(scores["checkpoint"])))
+    means.columns = [f"MG{int(k)} (%)" for k in means.columns]
+    bold = best_mask(means.reset_index(drop=True))
+    bold.insert(0, "Model", False)
+    return bold
+
+
+def paired_display(paired: pd.DataFrame) -> pd.DataFrame:
+    """World paired tests as the book shows them: the difference with its interval, both p-values."""
+    from .tables import mean_ci, p_value
+    return pd.DataFrame({
+        "A": paired["a"].map(arm_label), "B": paired["b"].map(arm_label), "k": paired["k"].astype(int),
+        "MG-k A − B (points) [95 % CI]": [mean_ci(d, lo, hi, 1) for d, lo, hi in
+                                          zip(paired["diff"], paired["ci_low"], paired["ci_high"])],
+        "p (paired bootstrap)": paired["p_bootstrap"].map(p_value),
+        "p (McNemar, exact)": paired["p_mcnemar"].map(p_value),
+        "cells only A / only B / all": [f"{a} / {b} / {n}" for a, b, n in
+                                        zip(paired["a_only"], paired["b_only"], paired["n_cells"])]})
+
+
+def train_last_display(logs: Mapping[str, pd.DataFrame], last: int = 5) -> pd.DataFrame:
+    """Mean of each fine-tune's last ``last`` logged losses, one row per arm (display names)."""
+    rows = []
+    for arm, log in logs.items():
+        cols = [c for c in ("loss", "denoise", "token", "pixel") if c in log.columns]
+        tail = log[cols].tail(last).mean(numeric_only=True)
+        rows.append({"Fine-tune": arm_label(arm), **{f"{c} (mean of last {last} steps)": tail[c] for c in cols}})
+    return pd.DataFrame(rows)
+
+
+def timings_display(timings: Mapping[str, float]) -> pd.DataFrame:
+    """The experiment's wall times, one row per part."""
+    return pd.DataFrame({"Part": [str(k).replace("_", " ") for k in timings],
+                         "Wall time (s)": [float(v) for v in timings.values()]})
 
 
 def verdict(paired: pd.DataFrame, a: str = "tokencompose", b: str = "finetune", alpha: float = 0.05) -> str:
@@ -228,16 +278,17 @@ def verdict(paired: pd.DataFrame, a: str = "tokencompose", b: str = "finetune", 
     better = rows[(rows["p_bootstrap"] < alpha) & (rows["diff"] > 0)]
     worse = rows[(rows["p_bootstrap"] < alpha) & (rows["diff"] < 0)]
     best = rows.loc[rows["p_bootstrap"].idxmin()]
+    na, nb = arm_label(a), arm_label(b)
     if not better.empty and worse.empty:
         ks = ", ".join(f"MG{int(k)}" for k in better["k"])
-        return f"{a} beats {b} at {ks} (paired bootstrap p < {alpha})."
+        return f"{na} beats {nb} at {ks} (paired bootstrap p < {alpha})."
     if not worse.empty and better.empty:
         ks = ", ".join(f"MG{int(k)}" for k in worse["k"])
-        return f"{a} is worse than {b} at {ks} (paired bootstrap p < {alpha})."
+        return f"{na} is worse than {nb} at {ks} (paired bootstrap p < {alpha})."
     if better.empty and worse.empty:
-        return (f"{a} does not beat {b}: no MG-k difference is significant at {alpha} (smallest p = "
+        return (f"{na} does not beat {nb}: no MG-k difference is significant at {alpha} (smallest p = "
                 f"{best['p_bootstrap']:.2f}, MG{int(best['k'])}: {best['diff']:+.1f} points).")
-    return f"mixed: {a} is better than {b} at some k and worse at others (paired bootstrap p < {alpha})."
+    return f"mixed: {na} is better than {nb} at some k and worse at others (paired bootstrap p < {alpha})."
 
 
 # --------------------------------------------------------------------------- attention mass
@@ -248,16 +299,148 @@ def mass_scenes(n: int, seed: int = 0) -> list:
 
 
 def attention_mass(models: Mapping[str, Any], size: ExperimentSize, seed: int = 0,
-                   layers: Sequence[str] = ("up_16",)) -> pd.DataFrame:
-    """Per (model, scene, noun, layer, step): the fraction of the noun's attention inside its mask."""
-    from .viz import sdedit_mass
+                   layers: Sequence[str] = BASE_TRAIN_LAYERS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(mass, flow)`` for every model at every group TokenCompose trains, from one SDEdit pass over the
+    same held-out scenes: per (model, scene, noun, layer, step) the fraction of the noun's attention inside
+    its exact mask, and per (model, scene, layer, step, token role) the share of all attention that role gets
+    (:func:`reprolib.viz.flow_table`): where the text information flows."""
+    from .viz import sdedit_flow
     scenes = mass_scenes(size.mass_scenes, seed)
-    tables = []
+    mass, flow = [], []
     for arm, comps in models.items():
-        t, _ = sdedit_mass(comps, scenes, list(range(len(scenes))), list(layers), size.mass_steps,
+        m, f = sdedit_flow(comps, scenes, list(range(len(scenes))), list(layers), size.mass_steps,
                            size.guidance_scale, size.mass_strength, checkpoint=arm, batch_size=8)
-        tables.append(t)
-    return pd.concat(tables, ignore_index=True)
+        mass.append(m)
+        flow.append(f)
+    return pd.concat(mass, ignore_index=True), pd.concat(flow, ignore_index=True)
+
+
+def mass_by_layer(mass: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, layer group): mean noun mass inside the mask, mean chance (mask area), and their ratio,
+    over every (scene, noun, step). The ratio is the grounding gate's measure: 1 = no better than spread."""
+    g = mass.groupby(["checkpoint", "layer"], sort=False)
+    out = g[["mass", "chance"]].mean().reset_index()
+    out["ratio"] = out["mass"] / out["chance"]
+    out["rows"] = g.size().to_numpy()
+    return out
+
+
+def flow_by_layer(flow: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, layer group, role): the mean share of attention (over scenes and steps)."""
+    out = flow.groupby(["checkpoint", "layer", "role"], sort=False)["share"].mean().reset_index()
+    return out
+
+
+def flow_display(flow: pd.DataFrame, mass: pd.DataFrame, arm: str = "base") -> pd.DataFrame:
+    """One model's diagnosis as the book shows it: per layer group, the share of attention (%) each token
+    role receives, then the nouns' mass inside their masks against chance."""
+    from .viz import TOKEN_ROLES
+    f = flow_by_layer(flow)
+    f = f[f["checkpoint"] == arm].pivot(index="layer", columns="role", values="share")
+    m = mass_by_layer(mass)
+    m = m[m["checkpoint"] == arm].set_index("layer")
+    layers = [lay for lay in dict.fromkeys(m.index.tolist() + f.index.tolist())]
+    rows = []
+    for lay in layers:
+        row = {"Layer group": lay}
+        row.update({f"{role} (% of attention)": 100 * f.loc[lay, role] if lay in f.index else np.nan
+                    for role in TOKEN_ROLES})
+        row.update({"noun mass inside mask": m.loc[lay, "mass"], "chance (mask area)": m.loc[lay, "chance"],
+                    "mass / chance": m.loc[lay, "ratio"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def flow_summary(flow: pd.DataFrame, mass: pd.DataFrame, arm: str = "base", layer: str = "up_16") -> str:
+    """One computed sentence of the diagnosis: where `arm`'s attention goes at `layer`, and how far above
+    chance its nouns' mass is there and at its best group."""
+    f = flow_by_layer(flow)
+    f = f[(f["checkpoint"] == arm) & (f["layer"] == layer)].set_index("role")["share"]
+    m = mass_by_layer(mass)
+    m = m[m["checkpoint"] == arm].set_index("layer")["ratio"]
+    if f.empty or layer not in m.index:
+        raise ExperimentError(f"no flow or mass rows for {arm!r} at {layer!r}")
+    best = m.idxmax()
+    return (f"At {layer}, {arm_label(arm)} gives {100 * f['EOS and padding']:.0f} % of its cross-attention to EOS and "
+            f"padding, {100 * f['nouns']:.0f} % to the nouns, {100 * f['other words']:.0f} % to the other words and "
+            f"{100 * f['BOS']:.0f} % to BOS; its nouns' mass inside their masks is {m[layer]:.2f} × chance there "
+            f"(best group {best}: {m[best]:.2f} ×).")
+
+
+# --------------------------------------------------------------------------- validity gates
+
+#: The validity gates of the miniature world: the preconditions under which its TokenCompose-vs-control
+#: comparison can say something about the real experiment. (name, threshold in words).
+GATES = {
+    "single": "single-object prompts: the prompted shape is found ≥ 90 %",
+    "grounding": "base noun mass inside its mask ≥ 2.5 × chance at every trained group",
+    "mg3": "base composes poorly like SD1.4 (COCO MG3 50.7): MG3 ≤ 60 %",
+    "mg4": "base composes poorly like SD1.4 (COCO MG4 11.7): MG4 ≤ 25 %",
+    "control": "the λ = 0 control lowers no MG-k of the base beyond its 95 % CI",
+    "bld": "BLD change-object edits with the base succeed ≥ 50 % (stage 05, world detector)",
+}
+
+
+def validity_gates(base_record: Mapping[str, Any], mass: pd.DataFrame, scores: pd.DataFrame,
+                   paired: pd.DataFrame, edit_success: pd.DataFrame | None = None,
+                   layers: Sequence[str] = BASE_TRAIN_LAYERS) -> pd.DataFrame:
+    """Each gate of :data:`GATES` with its measured value and whether it passes (``None``: not measured).
+
+    ``base_record`` is the base's ``base.json`` (its sample check); ``mass`` the world mass table;
+    ``scores``/``paired`` MultiGen-mini's; ``edit_success`` stage 05's per-edit table (``checkpoint`` =
+    ``base`` rows are the world base's edits).
+    """
+    rows = []
+
+    def add(key: str, value: str, ok: bool | None) -> None:
+        rows.append({"gate": key, "Gate": GATES[key], "Measured": value,
+                     "Passes": "–" if ok is None else ("yes" if ok else "no")})
+
+    found = base_record.get("sample_check", {}).get("single_object_found")
+    n = base_record.get("sample_check", {}).get("images_single")
+    add("single", "–" if found is None else f"{100 * found:.0f} % of {n} images (base record)",
+        None if found is None else found >= 0.90)
+    by = mass_by_layer(mass)
+    by = by[(by["checkpoint"] == "base") & by["layer"].isin(layers)]
+    if len(by):
+        add("grounding", ", ".join(f"{r.layer} {r.ratio:.2f}×" for r in by.itertuples()),
+            bool((by["ratio"] >= 2.5).all() and len(by) == len(layers)))
+    else:
+        add("grounding", "–", None)
+    base_mg = scores[scores["checkpoint"] == "base"].set_index("k")["mean"]
+    for key, k, limit in (("mg3", 3, 60.0), ("mg4", 4, 25.0)):
+        add(key, f"MG{k} {base_mg[k]:.1f} %" if k in base_mg.index else "–",
+            None if k not in base_mg.index else bool(base_mg[k] <= limit))
+    ctl = paired[(paired["a"] == "finetune") & (paired["b"] == "base")]
+    if len(ctl):
+        lower = ctl[ctl["ci_high"] < 0]
+        add("control", "lower at " + ", ".join(f"MG{int(r.k)} ({r.diff:+.1f} [{r.ci_low:.1f}, {r.ci_high:.1f}])"
+                                                for r in lower.itertuples()) if len(lower) else
+            "no MG-k lower beyond its CI", lower.empty)
+    else:
+        add("control", "–", None)
+    if edit_success is not None and (edit_success["checkpoint"] == "base").any():
+        e = edit_success[edit_success["checkpoint"] == "base"]
+        rate = float(e["success"].mean())
+        add("bld", f"{100 * rate:.0f} % of {len(e)} edits", rate >= 0.50)
+    else:
+        add("bld", "– (stage 05's world edits not found)", None)
+    return pd.DataFrame(rows)
+
+
+def failed_gates(gates: pd.DataFrame) -> list[str]:
+    """The gates that were measured and fail."""
+    return gates.loc[gates["Passes"] == "no", "gate"].tolist()
+
+
+def gated_verdict(sentence: str, gates: pd.DataFrame) -> str:
+    """The comparison's verdict, made conditional on the gates: a verdict of a world that fails its
+    preconditions says nothing about Stable Diffusion, and the sentence must say so first."""
+    failed = failed_gates(gates)
+    if not failed:
+        return f"All validity gates pass. {sentence}"
+    return (f"Conditional: {len(failed)} of {len(gates)} validity gates fail ({', '.join(failed)}), so this "
+            f"world lacks preconditions of the real experiment. In this world: {sentence}")
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -276,6 +459,7 @@ class ExperimentResult:
     size: ExperimentSize
     out_dir: Path
     meta: dict[str, Any] = field(default_factory=dict)
+    flow: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _save_csv(path: Path, df: pd.DataFrame) -> Path:
@@ -321,25 +505,40 @@ def run_experiment(P: Profile, size: ExperimentSize, out_dir: str | Path, base: 
     timings["multigen_s"] = time.perf_counter() - t0
     scores, paired, cells = score_arms(results, records, size.images_per_prompt, size.n_boot, P.seed)
     t0 = time.perf_counter()
-    mass = attention_mass(models, size, P.seed)
+    mass, flow = attention_mass(models, size, P.seed)
     timings["mass_s"] = time.perf_counter() - t0
-    for name, df in (("scores", scores), ("paired", paired), ("cells", cells), ("mass", mass)):
+    for name, df in (("scores", scores), ("paired", paired), ("cells", cells), ("mass", mass), ("flow", flow)):
         _save_csv(out / f"world_{name}.csv", df)
     meta = {"base": str(base), "detector_threshold": DETECTION_THRESHOLD, "train_layers": list(BASE_TRAIN_LAYERS),
             "token_loss_scale": P.train.token_loss_scale, "pixel_loss_scale": P.train.pixel_loss_scale,
             "seed": P.seed, "threads": torch.get_num_threads()}
     atomic_write_json(out / "world_summary.json", {"size": asdict(size), "timings": timings, **meta})
-    return ExperimentResult(scores, paired, cells, mass, records, images, logs, timings, size, out, meta)
+    return ExperimentResult(scores, paired, cells, mass, records, images, logs, timings, size, out, meta, flow)
+
+
+def base_record(base: str | Path = BASE_DIR) -> dict[str, Any]:
+    """The base's training record (``<base>.json``, written by the training script); empty when absent."""
+    import json
+    path = Path(base).with_name(Path(base).name + ".json")
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def mass_arms_display(mass: pd.DataFrame) -> pd.DataFrame:
+    """Rows = models, columns = layer groups: the noun mass inside the mask over chance (1 = spread evenly)."""
+    by = mass_by_layer(mass)
+    wide = by.pivot(index="checkpoint", columns="layer", values="ratio")
+    wide = wide.reindex([a for a in dict.fromkeys(by["checkpoint"])])[list(dict.fromkeys(by["layer"]))]
+    wide.columns = [f"{c} (× chance)" for c in wide.columns]
+    wide.insert(0, "Model", [arm_label(a) for a in wide.index])
+    return wide.reset_index(drop=True)
 
 
 def base_check(base: str | Path = BASE_DIR) -> pd.DataFrame:
     """The base's recorded sanity check (``<base>.json`` written by the training script): can it draw
     the shape it is asked for, and how many of five does it draw? Empty when no record exists."""
-    import json
-    path = Path(base).with_name(Path(base).name + ".json")
-    if not path.is_file():
-        return pd.DataFrame(columns=["value"])
-    rec = json.loads(path.read_text())
+    rec = base_record(base)
+    if not rec:
+        return pd.DataFrame(columns=["Check", "Value"])
     chk = rec.get("sample_check", {})
     rows = {"trained on": rec.get("device_name", rec.get("device")),
             "training steps (UNet)": rec.get("base", {}).get("steps"),
@@ -350,7 +549,9 @@ def base_check(base: str | Path = BASE_DIR) -> pd.DataFrame:
             "single-object prompts: only that shape": chk.get("single_object_exact"),
             "five-object prompts: mean shapes found": chk.get("five_object_mean_found"),
             "images (single / five)": f"{chk.get('images_single')} / {chk.get('images_five')}"}
-    return pd.DataFrame({"value": rows})
+    def text(v: Any) -> Any:
+        return f"{v:.4g}" if isinstance(v, float) else v
+    return pd.DataFrame({"Check": list(rows), "Value": [text(v) for v in rows.values()]})
 
 
 # --------------------------------------------------------------------------- figures
@@ -360,18 +561,20 @@ def sample_grid(result: ExperimentResult, n_prompts: int = 4, index: int = 0):
     from .viz import sample_grid as grid
     from .multigen import image_id
     recs = result.records[:n_prompts]
-    imgs = {arm: [[result.images[arm][image_id(r["unique_id"], index)]] for r in recs] for arm in result.images}
+    imgs = {arm_label(arm): [[result.images[arm][image_id(r["unique_id"], index)]] for r in recs]
+            for arm in result.images}
     return grid(imgs, [r["text"] for r in recs], [index])
 
 
 def mg_curves(result: ExperimentResult):
     """MG_k against k with 95 % CI bands, one line per model (MultiGen's own plot)."""
     from .multigen import plot_mg_curves
-    return plot_mg_curves(result.scores)
+    return plot_mg_curves(result.scores, labels=ARM_LABELS)
 
 
 def mass_curves(result: ExperimentResult):
     """Attention mass inside the mask over denoising steps, per model, with CIs over scenes."""
     from .viz import mass_figure, summarize_mass
     summary = summarize_mass(result.mass, ("checkpoint", "layer", "step"), n_boot=result.size.n_boot)
+    summary["checkpoint"] = summary["checkpoint"].map(arm_label)
     return mass_figure(summary, facet="layer")

@@ -34,6 +34,7 @@ CACHE_FILE = ".stage-cache.json"
 
 #: Which earlier stages a stage reads from (its cache key includes theirs).
 UPSTREAM: dict[str, tuple[str, ...]] = {"02": ("01",), "03": ("02",), "04": ("02",), "05": ("02",),
+                                        "06": ("05",),      # its BLD validity gate reads stage 05's world edits
                                         "07": ("03", "04", "05")}   # 07 reads their measurements (paper profile)
 
 

@@ -455,6 +455,23 @@ def _concat_tables(tables: list) -> "pd.DataFrame":  # noqa: F821
     return pd.concat(nonempty, ignore_index=True) if nonempty else mass_table([], [], None)
 
 
+def _sdedit_chunks(components, scenes: Sequence, seeds: int | Sequence[int], layers: Sequence[str],
+                   num_inference_steps: int, guidance_scale: float, strength: float, checkpoint: str,
+                   batch_size: int, progress: bool, desc: str):
+    """SDEdit from `scenes` in chunks of `batch_size`: yields ``(scenes, records, prompt_ids)`` per chunk, so
+    that a caller scores each chunk and drops its maps before the next (memory bounded by the chunk)."""
+    seeds = [int(seeds)] * len(scenes) if isinstance(seeds, (int, np.integer)) else list(seeds)
+    if len(seeds) != len(scenes):
+        raise ValueError(f"{len(seeds)} seeds for {len(scenes)} scenes")
+    for s in tqdm(range(0, len(scenes), max(1, batch_size)), desc=desc, disable=not progress, leave=False):
+        chunk = scenes[s:s + batch_size]
+        records = generate_with_attention(
+            components, [sc.caption for sc in chunk], seeds[s:s + batch_size], layers, num_inference_steps,
+            guidance_scale, init_images=[sc.image for sc in chunk], strength=strength, batch_size=batch_size,
+            checkpoint=checkpoint)
+        yield chunk, records, list(range(s, s + len(chunk)))
+
+
 def sdedit_mass(components, scenes: Sequence, seeds: int | Sequence[int], layers: Sequence[str],
                 num_inference_steps: int, guidance_scale: float, strength: float, checkpoint: str = "",
                 mode: str = "area", batch_size: int = 8, progress: bool = False):
@@ -466,20 +483,64 @@ def sdedit_mass(components, scenes: Sequence, seeds: int | Sequence[int], layers
     Returns ``(table, records)``: the records keep image, timesteps and meta, not maps; ``prompt_id`` is
     the scene index.
     """
-    seeds = [int(seeds)] * len(scenes) if isinstance(seeds, (int, np.integer)) else list(seeds)
-    if len(seeds) != len(scenes):
-        raise ValueError(f"{len(seeds)} seeds for {len(scenes)} scenes")
     tables, kept = [], []
-    for s in tqdm(range(0, len(scenes), max(1, batch_size)), desc="SDEdit mass", disable=not progress, leave=False):
-        chunk = scenes[s:s + batch_size]
-        records = generate_with_attention(
-            components, [sc.caption for sc in chunk], seeds[s:s + batch_size], layers, num_inference_steps,
-            guidance_scale, init_images=[sc.image for sc in chunk], strength=strength, batch_size=batch_size,
-            checkpoint=checkpoint)
-        tables.append(mass_table(records, [sc.masks for sc in chunk], components.tokenizer, mode,
-                                 prompt_ids=list(range(s, s + len(chunk)))))
+    for chunk, records, ids in _sdedit_chunks(components, scenes, seeds, layers, num_inference_steps,
+                                              guidance_scale, strength, checkpoint, batch_size, progress,
+                                              "SDEdit mass"):
+        tables.append(mass_table(records, [sc.masks for sc in chunk], components.tokenizer, mode, prompt_ids=ids))
         kept += _without_maps(records)
     return _concat_tables(tables), kept
+
+
+#: The roles a prompt's 77 token positions play, in the order the diagnosis tables show them.
+TOKEN_ROLES = ("BOS", "nouns", "other words", "EOS and padding")
+
+
+def token_roles(tokenizer, prompt: str, nouns: Sequence[str]) -> dict[str, list[int]]:
+    """Token positions of `prompt` by role. BOS matters on its own: in CLIP-conditioned UNets it is the
+    attention sink that soaks up most of each softmax row; EOS and the padding after it carry the whole
+    sentence (CLIP's causal mask), so attention there is text information without a place."""
+    from .tokens import word_token_indices
+    n = min(len(tokenizer(prompt).input_ids), tokenizer.model_max_length)     # BOS + word tokens + EOS
+    noun_toks = sorted({t for noun in nouns for t in word_token_indices(tokenizer, prompt, noun)})
+    others = [t for t in range(1, n - 1) if t not in set(noun_toks)]
+    return {"BOS": [0], "nouns": noun_toks, "other words": others,
+            "EOS and padding": list(range(n - 1, tokenizer.model_max_length))}
+
+
+def flow_table(records: Sequence[AttentionRecord], nouns: Sequence[Sequence[str]], tokenizer,
+               prompt_ids: Sequence[Any] | None = None):
+    """One row per (record, layer group, step, role): the share of the conditional cross-attention that
+    goes to that role's tokens (:func:`token_roles`), averaged over pixels. Shares sum to one over the roles."""
+    import pandas as pd
+    if len(records) != len(nouns):
+        raise ValueError(f"{len(records)} records but {len(nouns)} noun lists")
+    ids = [r.prompt for r in records] if prompt_ids is None else list(prompt_ids)
+    rows = []
+    for rec, ns, pid in zip(records, nouns, ids):
+        roles = token_roles(tokenizer, rec.prompt, ns)
+        for group, maps in rec.maps.items():
+            per_token = maps.astype(np.float64).mean(axis=(1, 2))            # (steps, 77)
+            for role, toks in roles.items():
+                share = per_token[:, toks].sum(-1) if toks else np.zeros(len(per_token))
+                rows += [dict(checkpoint=rec.checkpoint, prompt_id=pid, layer=group, step=i,
+                              timestep=rec.timesteps[i], role=role, share=float(v)) for i, v in enumerate(share)]
+    return pd.DataFrame(rows, columns=["checkpoint", "prompt_id", "layer", "step", "timestep", "role", "share"])
+
+
+def sdedit_flow(components, scenes: Sequence, seeds: int | Sequence[int], layers: Sequence[str],
+                num_inference_steps: int, guidance_scale: float, strength: float, checkpoint: str = "",
+                mode: str = "area", batch_size: int = 8, progress: bool = False):
+    """Where the text conditioning goes, from one SDEdit pass over `scenes`: ``(mass, flow)``, the
+    :func:`mass_table` and the :func:`flow_table` of every chunk (maps dropped once scored)."""
+    import pandas as pd
+    mass, flow = [], []
+    for chunk, records, ids in _sdedit_chunks(components, scenes, seeds, layers, num_inference_steps,
+                                              guidance_scale, strength, checkpoint, batch_size, progress,
+                                              "SDEdit flow"):
+        mass.append(mass_table(records, [sc.masks for sc in chunk], components.tokenizer, mode, prompt_ids=ids))
+        flow.append(flow_table(records, [sc.categories for sc in chunk], components.tokenizer, ids))
+    return _concat_tables(mass), pd.concat(flow, ignore_index=True)
 
 
 def generated_mass(components, specs: Sequence[PromptSpec], seeds: Sequence[int], segment: Segmenter,

@@ -156,17 +156,20 @@ def test_math_is_rendered_offline(pages):
     assert rendered_math > 0, "no page has rendered math (the offline MathJax did not run)"
 
 
-#: Pages whose tables do not go through reprolib.tables yet, with the reason (kept visible as xfail).
-PENDING_TABLES = {"miniworld.html": "stage 06 (issue 15) still glues raw DataFrames: pandas prints NaN"}
-
-
-@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.xfail(reason=PENDING_TABLES[p], strict=False))
-                                  if p in PENDING_TABLES else p for p in CHAPTERS])
+@pytest.mark.parametrize("page", CHAPTERS)
 def test_no_table_shows_nan_or_a_path_as_a_checkpoint_name(pages, page):
     for row in pages[page][1].rows:
         for cell in row:
             assert not re.search(r"\bNaN\b|\bnan\b", cell), f"{page}: NaN in a table cell {row}"
             assert not PATH_AS_NAME.search(cell), f"{page}: a file path in a table cell: {cell!r}"
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_every_table_goes_through_the_table_helper(pages, page):
+    """A raw pandas table (class "dataframe") shows its index column and internal names: every glued
+    table of a chapter must be a reprolib.tables one (great-tables, class "gt_table")."""
+    dom = pages[page][0]
+    assert 'class="dataframe"' not in dom, f"{page}: a raw pandas DataFrame is glued; use reprolib.tables"
 
 
 def test_multigen_page_shows_the_reported_table_1(pages):

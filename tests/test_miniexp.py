@@ -115,8 +115,15 @@ def test_scorer_wiring_by_hand():
     assert d["tokencompose", "finetune", 2] == pytest.approx(0.0)
     assert d["finetune", "base", 1] == pytest.approx(100.0)
     assert len(cell_df) == 12 and set(cell_df["checkpoint"]) == set(results)
-    table = miniexp.mg_table(scores)
-    assert list(table.columns) == [f"MG{k}" for k in range(1, 6)] and table.loc["finetune", "MG3"].startswith("0.0")
+    table = miniexp.mg_table(scores).set_index("Model")
+    assert list(table.columns) == [f"MG{k} (%)" for k in range(1, 6)]
+    assert table.loc[miniexp.arm_label("finetune"), "MG3 (%)"].startswith("0.0")
+    bold = miniexp.mg_table_bold(scores)             # best mean per column: (a) at MG3, nobody where all tie
+    assert list(bold.columns) == ["Model"] + list(table.columns) and not bold["Model"].any()
+    rows = {arm: i for i, arm in enumerate(dict.fromkeys(scores["checkpoint"]))}
+    assert bold["MG3 (%)"].tolist() == [i == rows["tokencompose"] for i in range(len(rows))]
+    shown = miniexp.paired_display(paired)
+    assert set(shown["A"]) <= set(miniexp.ARM_LABELS.values()) and "tokencompose" not in set(shown["A"])
 
 
 def test_detect_set_matches_detector(random_base):
@@ -158,8 +165,8 @@ def test_base_check_reads_record(tmp_path):
         "base": {"steps": 7}, "train_wall_time_s": 1.5,
         "sample_check": {"single_object_found": 0.25, "single_object_exact": 0.125,
                          "five_object_mean_found": 2.5, "images_single": 40, "images_five": 10}}))
-    t = miniexp.base_check(tmp_path / "base")["value"]
-    assert t["training steps (UNet)"] == 7 and t["single-object prompts: shape found"] == 0.25
+    t = miniexp.base_check(tmp_path / "base").set_index("Check")["Value"]
+    assert t["training steps (UNet)"] == 7 and t["single-object prompts: shape found"] == "0.25"
     assert t["images (single / five)"] == "40 / 10"
     assert miniexp.base_check(tmp_path / "missing").empty
 
@@ -186,8 +193,8 @@ def test_verdict_reads_the_paired_tests():
         return pd.DataFrame([{"a": "tokencompose", "b": "finetune", "k": k, "diff": d, "p_bootstrap": p}
                              for k, d, p in rows])
     none = miniexp.verdict(table([(1, 0.0, 1.0), (4, 2.5, 0.26), (5, -1.0, 0.5)]))
-    assert none.startswith("tokencompose does not beat finetune") and "p = 0.26, MG4: +2.5" in none
-    assert miniexp.verdict(table([(4, 5.0, 0.01), (5, 3.0, 0.02)])).startswith("tokencompose beats finetune at MG4, MG5")
+    assert none.startswith("(a) TokenCompose fine-tune does not beat (b) plain fine-tune, λ = 0") and "p = 0.26, MG4: +2.5" in none
+    assert miniexp.verdict(table([(4, 5.0, 0.01), (5, 3.0, 0.02)])).startswith("(a) TokenCompose fine-tune beats (b) plain fine-tune, λ = 0 at MG4, MG5")
     assert "worse" in miniexp.verdict(table([(3, -5.0, 0.01)]))
     assert miniexp.verdict(table([(3, -5.0, 0.01), (5, 4.0, 0.01)])).startswith("mixed")
     with pytest.raises(miniexp.ExperimentError, match="no paired tests"):

@@ -45,6 +45,7 @@ n_prompts = None            # MultiGen-mini prompts (None: the preset's)
 images_per_prompt = None
 num_inference_steps = None
 guidance_scale = None
+seeds = None                # fine-tune seeds per arm, e.g. [0, 1, 2] (None: the preset's; tiny: the profile's seed)
 token_loss_scale = None     # None: the profile's (the paper's 1e-3)
 pixel_loss_scale = None     # None: the profile's (the paper's 5e-5)
 base = None                 # base model folder (None: data/miniworld/base)
@@ -69,12 +70,13 @@ from reprolib.viz import mass_display, paired_difference
 
 params = dict(profile=profile, experiment=experiment, steps=steps, n_prompts=n_prompts,
               images_per_prompt=images_per_prompt, num_inference_steps=num_inference_steps,
-              guidance_scale=guidance_scale, token_loss_scale=token_loss_scale,
+              guidance_scale=guidance_scale, seeds=seeds, token_loss_scale=token_loss_scale,
               pixel_loss_scale=pixel_loss_scale, base=base, threads=threads, out_dir=out_dir, overrides=overrides)
 P = stage_profile(profile, overrides, "train",            # profile < runner overrides < parameters set here
                   dict(token_loss_scale=token_loss_scale, pixel_loss_scale=pixel_loss_scale, cpu_threads=threads))
 size = miniexp.experiment_size(experiment, steps=steps, n_prompts=n_prompts, images_per_prompt=images_per_prompt,
-                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                               seeds=seeds)
 prov = start_stage("06", P, params)
 out = Path(out_dir or Path(P.train.output_dir).parent / "miniworld")
 glue_banner("world_", P, world_banner_html())   # trained in the world, not random: its own banner
@@ -125,7 +127,10 @@ glue("world_mg_curves", fig, display=False)
 # the clustering by prompt and is the optimistic one).
 
 # %%
-glue_table("world_paired", miniexp.paired_display(res.paired), title="Paired comparisons, MultiGen-mini")
+glue_table("world_paired", miniexp.paired_display(res.paired, res.effects), wrap={"A": 8, "B": 8},
+           title=f"Paired comparisons, MultiGen-mini ({len(res.seeds)} fine-tune seed(s) per arm: "
+                 f"{', '.join(map(str, res.seeds))})")
+glue("world_n_seeds", len(res.seeds), display=False)
 
 # %% [markdown]
 # ## Validity gates
@@ -143,7 +148,9 @@ gates = miniexp.validity_gates(miniexp.base_record(base or miniexp.BASE_DIR), re
 glue_table("world_gates", gates.drop(columns="gate"), title="Validity gates of the miniature world",
            fills={"Passes": {"yes": "#d9f0d3", "no": "#f6d5d5"}}, wrap={"Gate": 18, "Measured": 14})
 glue("world_gates_failed", f"{len(miniexp.failed_gates(gates))} of {len(gates)}", display=False)
-summary_line = miniexp.gated_verdict(miniexp.verdict(res.paired), gates)
+plan = miniexp.PLAN                 # primary MG3 and MG4, paired bootstrap over prompts, α 0.05, Holm
+summary_line = miniexp.gated_verdict(miniexp.verdict(res.paired, alpha=plan["alpha"], ks=plan["primary"],
+                                                     holm=plan["correction"] == "holm"), gates)
 glue("world_verdict", summary_line, display=False)
 print(summary_line)
 

@@ -79,6 +79,9 @@ class ExperimentSize:
     gen_batch: int = 40
     n_boot: int = 1000
     train_objects: tuple[float, ...] = (0.0, 1.0, 1.0, 1.0, 1.0)
+    #: Fine-tune seeds (data order, noise, timesteps) per arm; empty: the profile's seed alone. The evaluation
+    #: (prompts, initial noise) and the training scenes stay fixed by the profile's seed for every fine-tune.
+    seeds: tuple[int, ...] = ()
 
 
 SIZES: Mapping[str, ExperimentSize] = {
@@ -88,7 +91,7 @@ SIZES: Mapping[str, ExperimentSize] = {
                            num_inference_steps=15, guidance_scale=5.0, mass_scenes=12, mass_steps=10),
     "long": ExperimentSize(n_train=2000, steps=600, batch=16, lr=3e-4, n_prompts=100, images_per_prompt=8,
                            num_inference_steps=25, guidance_scale=5.0, mass_scenes=40, mass_steps=20,
-                           n_boot=2000),
+                           n_boot=2000, seeds=(0, 1, 2)),
 }
 
 
@@ -100,7 +103,26 @@ def experiment_size(name: str, **overrides: Any) -> ExperimentSize:
     bad = [k for k in overrides if k not in fields]
     if bad:
         raise ExperimentError(f"unknown experiment size field {bad[0]!r}")
+    if overrides.get("seeds") is not None:
+        overrides["seeds"] = tuple(int(x) for x in overrides["seeds"])
     return replace(SIZES[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def fine_tune_seeds(P: Profile, size: ExperimentSize) -> list[int]:
+    """The fine-tune seeds of a run: the size's, else the profile's seed (one fine-tune per arm)."""
+    seeds = list(dict.fromkeys(size.seeds)) or [P.seed]
+    return seeds
+
+
+def model_key(arm: str, seed: int | None = None) -> str:
+    """``tokencompose@1``: one fine-tune of an arm; the base (never fine-tuned) has no seed."""
+    return arm if seed is None else f"{arm}@{seed}"
+
+
+def split_key(key: str) -> tuple[str, int | None]:
+    """Inverse of :func:`model_key`."""
+    arm, _, seed = key.partition("@")
+    return arm, (int(seed) if seed else None)
 
 
 # --------------------------------------------------------------------------- profiles of the arms
@@ -138,17 +160,21 @@ def training_dataset(root: str | Path, size: ExperimentSize, seed: int, tokenize
 
 
 def finetune(P: Profile, size: ExperimentSize, arm: str, base: str | Path, out_dir: str | Path,
-             components=None, progress: bool = True):
+             components=None, progress: bool = True, data_root: str | Path | None = None,
+             data_seed: int | None = None):
     """Fine-tune one arm from the base (resumable); returns reprolib.train's TrainResult.
 
     ``components``: the base's parts with a DDPM scheduler, to share the frozen VAE/text encoder/
-    tokenizer between arms (the UNet is always loaded fresh from ``base``)."""
+    tokenizer between arms (the UNet is always loaded fresh from ``base``). ``P.seed`` seeds the fine-tune
+    (data order, noise, timesteps); the training scenes come from ``data_seed`` (default ``P.seed``) under
+    ``data_root`` (default ``out_dir/data``), so fine-tunes of several seeds can share one set of scenes."""
     from .models import load_components, load_unet, swap_unet
     from .train import train
     Q = arm_profile(P, size, arm, base, out_dir)
     comps = components or load_components(str(base), scheduler="ddpm")
     comps = swap_unet(comps, load_unet(str(base)))
-    ds = training_dataset(Path(out_dir) / "data", size, P.seed, comps.tokenizer)
+    ds = training_dataset(Path(data_root or Path(out_dir) / "data"), size,
+                          P.seed if data_seed is None else data_seed, comps.tokenizer)
     return train(Q, ds, Q.train.output_dir, components=comps, progress=progress)
 
 
@@ -193,7 +219,8 @@ def score_arms(results: Mapping[str, Mapping[str, Any]], records: Sequence[Mappi
                images_per_prompt: int, n_boot: int = 1000, seed: int = 0,
                threshold: float = DETECTION_THRESHOLD) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(scores, paired, cells) of every arm with MultiGen's scorer; paired tests between every pair
-    of arms in :data:`ARMS` order (diff = first − second)."""
+    of arms in :data:`ARMS` order (diff = first − second). ``images_per_prompt`` counts every image of a
+    prompt in ``results`` (with pooled seeds: images per prompt × seeds, see :func:`pool_seeds`)."""
     from .multigen import NUM_INS, cell_table, paired_test, score_run
     scores, cells = [], {}
     for arm, res in results.items():
@@ -214,8 +241,47 @@ def score_arms(results: Mapping[str, Mapping[str, Any]], records: Sequence[Mappi
 
 
 def arm_label(arm: str) -> str:
-    """The display name of an arm (its key when it is not one of :data:`ARM_LABELS`)."""
-    return ARM_LABELS.get(arm, arm)
+    """The display name of an arm or of one fine-tune of it (``tokencompose@1``: "… (seed 1)")."""
+    name, seed = split_key(arm)
+    label = ARM_LABELS.get(name, name)
+    return label if seed is None else f"{label} (seed {seed})"
+
+
+def pool_seeds(results: Mapping[str, Mapping[str, Any]], seeds: Sequence[int], images_per_prompt: int
+               ) -> dict[str, dict[str, Any]]:
+    """Per arm, the detections of all its fine-tunes as one run: seed number ``i``'s image ``j`` of a prompt
+    becomes image ``i · images_per_prompt + j``, so that MultiGen's scorer and the paired tests see the seeds
+    as replicates within a prompt (prompts stay the resampling unit, and cells pair seed by seed). The base,
+    fine-tuned by no seed, is repeated for each seed so that it pairs with every fine-tune."""
+    from .multigen import image_id
+    pooled: dict[str, dict[str, Any]] = {}
+    for key, res in results.items():
+        arm, seed = split_key(key)
+        for i, s in enumerate(seeds):
+            if seed is not None and seed != s:
+                continue
+            for img, det in res.items():
+                pid, j = (int(x) for x in img.split("_")[:2])
+                pooled.setdefault(arm, {})[image_id(pid, i * images_per_prompt + j)] = det
+    return pooled
+
+
+def seed_effects(seed_scores: pd.DataFrame, pairs: Sequence[tuple[str, str]] = (("tokencompose", "finetune"),)
+                 ) -> pd.DataFrame:
+    """Between-seed spread of each effect: per pair and k, MG_k(a, seed) − MG_k(b, seed) over the seeds
+    (the base's single score stands for every seed): mean, sample SD (ddof 1; NaN with one seed), n."""
+    rows = []
+    for a, b in pairs:
+        for k, g in seed_scores.groupby("k"):
+            ga = g[g["checkpoint"] == a].set_index("train_seed")["mean"]
+            gb = g[g["checkpoint"] == b].set_index("train_seed")["mean"]
+            if gb.index.isna().all() and len(gb) == 1:      # the base: one score for every seed
+                gb = pd.Series(gb.iloc[0], index=ga.index)
+            d = (ga - gb.reindex(ga.index)).dropna()
+            rows.append({"a": a, "b": b, "k": int(k), "seed_mean": float(d.mean()) if len(d) else np.nan,
+                         "seed_sd": float(d.std(ddof=1)) if len(d) > 1 else np.nan, "n_seeds": len(d),
+                         "per_seed": ", ".join(f"{v:+.1f}" for v in d)})
+    return pd.DataFrame(rows)
 
 
 def mg_table(scores: pd.DataFrame, decimals: int = 1) -> pd.DataFrame:
@@ -240,10 +306,11 @@ def mg_table_bold(scores: pd.DataFrame) -> pd.DataFrame:
     return bold
 
 
-def paired_display(paired: pd.DataFrame) -> pd.DataFrame:
-    """World paired tests as the book shows them: the difference with its interval, both p-values."""
-    from .tables import mean_ci, p_value
-    return pd.DataFrame({
+def paired_display(paired: pd.DataFrame, effects: pd.DataFrame | None = None) -> pd.DataFrame:
+    """World paired tests as the book shows them: the difference with its interval, both p-values, and
+    (with :func:`seed_effects`) the difference seed by seed with its between-seed SD."""
+    from .tables import mean_ci, mean_std, p_value
+    out = pd.DataFrame({
         "A": paired["a"].map(arm_label), "B": paired["b"].map(arm_label), "k": paired["k"].astype(int),
         "MG-k A − B (points) [95 % CI]": [mean_ci(d, lo, hi, 1) for d, lo, hi in
                                           zip(paired["diff"], paired["ci_low"], paired["ci_high"])],
@@ -251,6 +318,11 @@ def paired_display(paired: pd.DataFrame) -> pd.DataFrame:
         "p (McNemar, exact)": paired["p_mcnemar"].map(p_value),
         "cells only A / only B / all": [f"{a} / {b} / {n}" for a, b, n in
                                         zip(paired["a_only"], paired["b_only"], paired["n_cells"])]})
+    if effects is not None and len(effects):
+        e = paired[["a", "b", "k"]].merge(effects, on=["a", "b", "k"], how="left")
+        out["A − B per seed (points)"] = e["per_seed"].fillna("–").to_numpy()
+        out["mean ± between-seed SD"] = [mean_std(m, sd, 1) for m, sd in zip(e["seed_mean"], e["seed_sd"])]
+    return out
 
 
 def train_last_display(logs: Mapping[str, pd.DataFrame], last: int = 5) -> pd.DataFrame:
@@ -269,26 +341,42 @@ def timings_display(timings: Mapping[str, float]) -> pd.DataFrame:
                          "Wall time (s)": [float(v) for v in timings.values()]})
 
 
-def verdict(paired: pd.DataFrame, a: str = "tokencompose", b: str = "finetune", alpha: float = 0.05) -> str:
+#: The comparison's analysis plan, fixed before the multi-seed run (the chapter states it in words): the
+#: primary metrics, the test (paired bootstrap over prompts, fine-tune seeds pooled as replicates within a
+#: prompt, two-sided), its level and the correction over the primary metrics.
+PLAN = {"primary": (3, 4), "alpha": 0.05, "correction": "holm"}
+
+
+def verdict(paired: pd.DataFrame, a: str = "tokencompose", b: str = "finetune", alpha: float = 0.05,
+            ks: Sequence[int] | None = None, holm: bool = False) -> str:
     """One sentence on whether ``a`` beats ``b`` in MultiGen-mini, read off the paired tests (bootstrap
-    p over prompts, two-sided), so that the book's summary is computed, not typed."""
+    p over prompts, two-sided), so that the book's summary is computed, not typed. ``ks``: the MG-k that
+    count (default all); ``holm``: Holm-adjust their p-values first (the plan's family, :data:`PLAN`)."""
     rows = paired[(paired["a"] == a) & (paired["b"] == b)].sort_values("k")
+    if ks is not None:
+        rows = rows[rows["k"].isin(list(ks))]
     if rows.empty:
         raise ExperimentError(f"no paired tests of {a!r} against {b!r}")
+    if holm:
+        from statsmodels.stats.multitest import multipletests
+        rows = rows.assign(p_bootstrap=multipletests(rows["p_bootstrap"].to_numpy(), method="holm")[1])
     better = rows[(rows["p_bootstrap"] < alpha) & (rows["diff"] > 0)]
     worse = rows[(rows["p_bootstrap"] < alpha) & (rows["diff"] < 0)]
     best = rows.loc[rows["p_bootstrap"].idxmin()]
     na, nb = arm_label(a), arm_label(b)
     if not better.empty and worse.empty:
-        ks = ", ".join(f"MG{int(k)}" for k in better["k"])
-        return f"{na} beats {nb} at {ks} (paired bootstrap p < {alpha})."
+        ks_ = ", ".join(f"MG{int(k)}" for k in better["k"])
+        return f"{na} beats {nb} at {ks_} (paired bootstrap p < {alpha}{', Holm' if holm else ''})."
     if not worse.empty and better.empty:
-        ks = ", ".join(f"MG{int(k)}" for k in worse["k"])
-        return f"{na} is worse than {nb} at {ks} (paired bootstrap p < {alpha})."
+        ks_ = ", ".join(f"MG{int(k)}" for k in worse["k"])
+        return f"{na} is worse than {nb} at {ks_} (paired bootstrap p < {alpha}{', Holm' if holm else ''})."
     if better.empty and worse.empty:
-        return (f"{na} does not beat {nb}: no MG-k difference is significant at {alpha} (smallest p = "
+        which = "MG-k" if ks is None else "/".join(f"MG{int(k)}" for k in sorted(ks))
+        adj = ", Holm-adjusted" if holm else ""
+        return (f"{na} does not beat {nb}: no {which} difference is significant at {alpha}{adj} (smallest p = "
                 f"{best['p_bootstrap']:.2f}, MG{int(best['k'])}: {best['diff']:+.1f} points).")
-    return f"mixed: {na} is better than {nb} at some k and worse at others (paired bootstrap p < {alpha})."
+    return (f"mixed: {na} is better than {nb} at some k and worse at others (paired bootstrap p < {alpha}"
+            f"{', Holm' if holm else ''}).")
 
 
 # --------------------------------------------------------------------------- attention mass
@@ -300,18 +388,19 @@ def mass_scenes(n: int, seed: int = 0) -> list:
 
 def attention_mass(models: Mapping[str, Any], size: ExperimentSize, seed: int = 0,
                    layers: Sequence[str] = BASE_TRAIN_LAYERS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(mass, flow)`` for every model at every group TokenCompose trains, from one SDEdit pass over the
-    same held-out scenes: per (model, scene, noun, layer, step) the fraction of the noun's attention inside
+    """``(mass, flow)`` for every model (keys :func:`model_key`; ``train_seed`` column) at every group
+    TokenCompose trains, from one SDEdit pass over the same held-out scenes: per (model, scene, noun, layer, step) the fraction of the noun's attention inside
     its exact mask, and per (model, scene, layer, step, token role) the share of all attention that role gets
     (:func:`reprolib.viz.flow_table`): where the text information flows."""
     from .viz import sdedit_flow
     scenes = mass_scenes(size.mass_scenes, seed)
     mass, flow = [], []
     for arm, comps in models.items():
+        name, seed = split_key(arm)
         m, f = sdedit_flow(comps, scenes, list(range(len(scenes))), list(layers), size.mass_steps,
-                           size.guidance_scale, size.mass_strength, checkpoint=arm, batch_size=8)
-        mass.append(m)
-        flow.append(f)
+                           size.guidance_scale, size.mass_strength, checkpoint=name, batch_size=8)
+        mass.append(m.assign(train_seed=seed))
+        flow.append(f.assign(train_seed=seed))
     return pd.concat(mass, ignore_index=True), pd.concat(flow, ignore_index=True)
 
 
@@ -460,6 +549,9 @@ class ExperimentResult:
     out_dir: Path
     meta: dict[str, Any] = field(default_factory=dict)
     flow: pd.DataFrame = field(default_factory=pd.DataFrame)
+    seed_scores: pd.DataFrame = field(default_factory=pd.DataFrame)   # MG-k per (model, fine-tune seed)
+    effects: pd.DataFrame = field(default_factory=pd.DataFrame)       # :func:`seed_effects`
+    seeds: list[int] = field(default_factory=list)
 
 
 def _save_csv(path: Path, df: pd.DataFrame) -> Path:
@@ -479,41 +571,67 @@ def run_experiment(P: Profile, size: ExperimentSize, out_dir: str | Path, base: 
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     logs, unets = {}, {}
+    seeds = fine_tune_seeds(P, size)
     from diffusers import PNDMScheduler
     train_comps = load_components(str(base), scheduler="ddpm")
-    for arm in ("tokencompose", "finetune"):
-        t0 = time.perf_counter()
-        res = finetune(P, size, arm, base, out, train_comps, progress)
-        if not res.completed:
-            raise ExperimentError(f"fine-tune {arm} did not complete ({res.out_dir})")
-        timings[f"train_{arm}_s"] = time.perf_counter() - t0
-        logs[arm], unets[arm] = res.log, res.unet_dir
+    for seed in seeds:                    # one fine-tune per arm and seed; one seed keeps the historic layout
+        Ps = P if seed == P.seed else apply_overrides(P, {"seed": seed})
+        seed_dir = out if seeds == [P.seed] else out / f"seed_{seed}"
+        for arm in ("tokencompose", "finetune"):
+            t0 = time.perf_counter()
+            res = finetune(Ps, size, arm, base, seed_dir, train_comps, progress, data_root=out / "data",
+                           data_seed=P.seed)
+            if not res.completed:
+                raise ExperimentError(f"fine-tune {arm} (seed {seed}) did not complete ({res.out_dir})")
+            key = arm if len(seeds) == 1 else model_key(arm, seed)
+            timings[f"train_{key}_s"] = time.perf_counter() - t0
+            logs[key], unets[model_key(arm, seed)] = res.log, res.unet_dir
     base_comps = replace(train_comps, unet=load_unet(str(base)),
                          scheduler=PNDMScheduler.from_pretrained(str(base), subfolder="scheduler"))
     models = {"base": base_comps}
-    for arm in ("tokencompose", "finetune"):
-        models[arm] = swap_unet(base_comps, load_unet(str(unets[arm])))
+    for key, unet_dir in unets.items():
+        models[key] = swap_unet(base_comps, load_unet(str(unet_dir)))
     for comps in models.values():
         comps.unet.eval()
     detector = load_world_detector(detector_path)
     records = world_prompts(size.n_prompts, P.seed)
     images, results = {}, {}
     t0 = time.perf_counter()
-    for arm, comps in models.items():
-        images[arm] = generate_set(comps, records, size, P.seed, progress)
-        results[arm] = detect_set(detector, images[arm])
+    for key, comps in models.items():                     # the same prompts and initial noise for every model
+        imgs = generate_set(comps, records, size, P.seed, progress)
+        results[key] = detect_set(detector, imgs)
+        name, seed = split_key(key)
+        if seed is None or seed == seeds[0]:
+            images[name] = imgs                            # the sample grid shows the first seed's fine-tunes
     timings["multigen_s"] = time.perf_counter() - t0
-    scores, paired, cells = score_arms(results, records, size.images_per_prompt, size.n_boot, P.seed)
+    pooled = pool_seeds(results, seeds, size.images_per_prompt)
+    scores, paired, cells = score_arms(pooled, records, size.images_per_prompt * len(seeds), size.n_boot, P.seed)
+    seed_scores = seed_score_table(results, records, size)
+    effects = seed_effects(seed_scores, [("tokencompose", "finetune"), ("tokencompose", "base"), ("finetune", "base")])
     t0 = time.perf_counter()
     mass, flow = attention_mass(models, size, P.seed)
     timings["mass_s"] = time.perf_counter() - t0
-    for name, df in (("scores", scores), ("paired", paired), ("cells", cells), ("mass", mass), ("flow", flow)):
+    for name, df in (("scores", scores), ("paired", paired), ("cells", cells), ("mass", mass), ("flow", flow),
+                     ("seed_scores", seed_scores), ("effects", effects)):
         _save_csv(out / f"world_{name}.csv", df)
     meta = {"base": str(base), "detector_threshold": DETECTION_THRESHOLD, "train_layers": list(BASE_TRAIN_LAYERS),
             "token_loss_scale": P.train.token_loss_scale, "pixel_loss_scale": P.train.pixel_loss_scale,
-            "seed": P.seed, "threads": torch.get_num_threads()}
+            "seed": P.seed, "fine_tune_seeds": seeds, "threads": torch.get_num_threads()}
     atomic_write_json(out / "world_summary.json", {"size": asdict(size), "timings": timings, **meta})
-    return ExperimentResult(scores, paired, cells, mass, records, images, logs, timings, size, out, meta, flow)
+    return ExperimentResult(scores, paired, cells, mass, records, images, logs, timings, size, out, meta, flow,
+                            seed_scores, effects, seeds)
+
+
+def seed_score_table(results: Mapping[str, Mapping[str, Any]], records: Sequence[Mapping[str, Any]],
+                     size: ExperimentSize, threshold: float = DETECTION_THRESHOLD) -> pd.DataFrame:
+    """MG-k of every model separately (each arm at each fine-tune seed; the base once, ``train_seed`` NaN)."""
+    from .multigen import score_run
+    rows = []
+    for key, res in results.items():
+        arm, seed = split_key(key)
+        df = score_run(res, records, threshold, size.images_per_prompt, size.n_boot, 0)
+        rows.append(df.assign(checkpoint=arm, train_seed=np.nan if seed is None else seed))
+    return pd.concat(rows, ignore_index=True)
 
 
 def base_record(base: str | Path = BASE_DIR) -> dict[str, Any]:

@@ -39,7 +39,7 @@ NOTEBOOK_ONLY_BY_STAGE = {
     "05": {"n_qualitative", "process_record"},
     # the miniature replication's size preset (reprolib.miniexp.SIZES) and its overrides
     "06": {"experiment", "steps", "n_prompts", "images_per_prompt", "num_inference_steps", "guidance_scale",
-           "base"},
+           "seeds", "base"},
 }
 
 

@@ -1,0 +1,60 @@
+"""Several fine-tune seeds per arm in the miniature replication: pooling, between-seed spread, the plan."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from reprolib import miniexp
+from reprolib.config import load_profile
+
+
+def test_seeds_reach_the_size_and_default_to_the_profiles():
+    P = load_profile("tiny", {"seed": 7})
+    assert miniexp.fine_tune_seeds(P, miniexp.experiment_size("tiny")) == [7]
+    size = miniexp.experiment_size("tiny", seeds=[0, 1, 2])
+    assert size.seeds == (0, 1, 2) and miniexp.fine_tune_seeds(P, size) == [0, 1, 2]
+    assert miniexp.experiment_size("long").seeds == (0, 1, 2), "the committed multi-seed preset"
+    assert miniexp.split_key(miniexp.model_key("finetune", 2)) == ("finetune", 2)
+    assert miniexp.split_key("base") == ("base", None)
+    assert miniexp.arm_label("tokencompose@1") == miniexp.ARM_LABELS["tokencompose"] + " (seed 1)"
+
+
+def _det(found: bool) -> dict:
+    return {"classes": ["star"], "scores": [0.9 if found else 0.0]}
+
+
+def test_pool_seeds_makes_seeds_replicates_within_a_prompt_and_repeats_the_base():
+    results = {"base": {"0_0": _det(True), "0_1": _det(False)},
+               "finetune@3": {"0_0": _det(False), "0_1": _det(False)},
+               "finetune@5": {"0_0": _det(True), "0_1": _det(True)}}
+    pooled = miniexp.pool_seeds(results, [3, 5], images_per_prompt=2)
+    assert set(pooled) == {"base", "finetune"}
+    assert sorted(pooled["finetune"]) == ["0_0", "0_1", "0_2", "0_3"]
+    assert [pooled["finetune"][f"0_{j}"]["scores"][0] > 0 for j in range(4)] == [False, False, True, True]
+    assert [pooled["base"][f"0_{j}"]["scores"][0] > 0 for j in range(4)] == [True, False, True, False]
+
+
+def test_seed_effects_are_per_seed_differences_with_their_sample_sd():
+    rows = [("tokencompose", 0, 50.0), ("tokencompose", 1, 60.0), ("tokencompose", 2, 40.0),
+            ("finetune", 0, 45.0), ("finetune", 1, 50.0), ("finetune", 2, 45.0), ("base", None, 30.0)]
+    scores = pd.DataFrame([{"checkpoint": c, "train_seed": s, "k": 3, "mean": m} for c, s, m in rows])
+    e = miniexp.seed_effects(scores, [("tokencompose", "finetune"), ("finetune", "base")]).set_index(["a", "b"])
+    tf = e.loc[("tokencompose", "finetune")]
+    assert tf["per_seed"] == "+5.0, +10.0, -5.0" and tf["n_seeds"] == 3
+    assert tf["seed_mean"] == pytest.approx(10 / 3) and tf["seed_sd"] == pytest.approx(pd.Series([5, 10, -5]).std())
+    fb = e.loc[("finetune", "base")]
+    assert fb["per_seed"] == "+15.0, +20.0, +15.0", "the base's one score stands for every seed"
+    one = miniexp.seed_effects(scores[scores["train_seed"].isin([0]) | scores["train_seed"].isna()])
+    assert one["n_seeds"].item() == 1 and pd.isna(one["seed_sd"].item())
+
+
+def test_the_planned_verdict_counts_only_the_primary_metrics_after_holm():
+    paired = pd.DataFrame([{"a": "tokencompose", "b": "finetune", "k": k, "diff": d, "p_bootstrap": p}
+                           for k, d, p in [(2, 9.0, 0.001), (3, 4.0, 0.03), (4, 3.0, 0.04), (5, 1.0, 0.5)]])
+    plan = miniexp.PLAN
+    assert plan["primary"] == (3, 4) and plan["alpha"] == 0.05 and plan["correction"] == "holm"
+    raw = miniexp.verdict(paired, ks=plan["primary"])
+    assert raw.startswith(miniexp.arm_label("tokencompose") + " beats") and "MG3, MG4" in raw
+    held = miniexp.verdict(paired, ks=plan["primary"], holm=True)          # Holm: 0.06 and 0.06
+    assert "does not beat" in held and "MG3/MG4" in held and "Holm-adjusted" in held and "p = 0.06" in held
+    assert "MG2" in miniexp.verdict(paired), "without the plan every k counts"

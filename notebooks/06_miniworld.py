@@ -173,6 +173,42 @@ glue("world_flow_summary", flow_line, display=False)
 print(flow_line)
 
 # %% [markdown]
+# ## The committed multi-seed run
+#
+# The CI run above fine-tunes each arm once. The comparison as planned (three fine-tune seeds per arm,
+# prompts paired, seeds as replicates) is committed in `data/miniworld/multiseed/` with its provenance and
+# the command that made it (`scripts/export_world_run.py`), and shown here with its own gates and verdict.
+
+# %%
+from IPython.display import HTML  # noqa: E402
+
+from reprolib.tables import glue_note  # noqa: E402
+
+committed = miniexp.load_committed()
+if committed is None:
+    for name in ("world_seeds_gates", "world_seeds_mg", "world_seeds_paired", "world_seeds_mass"):
+        glue_note(name, "No multi-seed run is committed yet: see scripts/export_world_run.py.")
+    glue("world_seeds_verdict", "no multi-seed run is committed yet.", display=False)
+    glue("world_seeds_provenance", HTML('<p class="repro-provenance">–</p>'), display=False)
+else:
+    cs = committed["scores"][committed["scores"]["k"] > 1]
+    n_seeds = len(committed["summary"].get("fine_tune_seeds", []))
+    glue_table("world_seeds_gates", committed["gates"].drop(columns="gate"), title="Validity gates (committed run)",
+               fills={"Passes": {"yes": "#d9f0d3", "no": "#f6d5d5"}}, wrap={"Gate": 18, "Measured": 14})
+    glue_table("world_seeds_mg", miniexp.mg_table(cs), bold=miniexp.mg_table_bold(cs), wrap={"Model": 9},
+               title=f"MultiGen-mini, {n_seeds} fine-tune seeds per arm pooled: MG-k (%), mean [95 % CI over prompts]")
+    glue_table("world_seeds_paired", miniexp.paired_display(committed["paired"], committed["effects"]),
+               wrap={"A": 8, "B": 8}, title="Paired comparisons with the between-seed spread (committed run)")
+    glue_table("world_seeds_mass", miniexp.mass_arms_display(committed["mass_by_layer"]), decimals=2,
+               title="Noun mass inside the mask ÷ chance, per model and layer group (mean over seeds)")
+    seeds_line = miniexp.gated_verdict(miniexp.verdict(committed["paired"], alpha=plan["alpha"], ks=plan["primary"],
+                                                       holm=plan["correction"] == "holm"), committed["gates"])
+    glue("world_seeds_verdict", seeds_line, display=False)
+    glue("world_seeds_provenance", HTML(f'<p class="repro-provenance">{miniexp.committed_line(committed)}</p>'),
+         display=False)
+    print(seeds_line)
+
+# %% [markdown]
 # ## Samples (same initial noise for every model)
 
 # %%

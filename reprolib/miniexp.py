@@ -696,3 +696,64 @@ def mass_curves(result: ExperimentResult):
     summary = summarize_mass(result.mass, ("checkpoint", "layer", "step"), n_boot=result.size.n_boot)
     summary["checkpoint"] = summary["checkpoint"].map(arm_label)
     return mass_figure(summary, facet="layer")
+
+
+# --------------------------------------------------------------------------- committed multi-seed runs
+
+#: Where the committed multi-seed run lives (``scripts/export_world_run.py`` writes it; stage 06 shows it).
+COMMITTED_DIR = Path(__file__).resolve().parent.parent / "data" / "miniworld" / "multiseed"
+_COPIED = ("world_scores.csv", "world_paired.csv", "world_effects.csv", "world_seed_scores.csv",
+           "world_summary.json", "provenance.json")
+
+
+def export_run(run_dir: str | Path, dest: str | Path, edit_success: pd.DataFrame | None = None,
+               command: str = "") -> Path:
+    """Keep a finished stage-06 run small enough to commit: its score, paired, effect and provenance files,
+    the attention mass and flow summarised per (model, seed, layer), and its validity gates (measured from
+    the run's own tables, the shipped base's record and stage 05's world edits when given)."""
+    import json
+    import shutil
+    run, out = Path(run_dir), Path(dest)
+    missing = [f for f in _COPIED if not (run / f).is_file()]
+    if missing:
+        raise ExperimentError(f"{run}: not a finished stage-06 run ({missing[0]} missing)")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in _COPIED:
+        atomic_save(out / f, lambda tmp, f=f: shutil.copyfile(run / f, tmp))
+    mass = pd.read_csv(run / "world_mass.csv")
+    by_seed = mass.groupby(["checkpoint", "train_seed", "layer"], dropna=False, sort=False)[["mass", "chance"]].mean()
+    _save_csv(out / "world_mass_by_layer.csv", by_seed.reset_index())
+    flow = pd.read_csv(run / "world_flow.csv")
+    _save_csv(out / "world_flow_by_layer.csv", flow_by_layer(flow))
+    summary = json.loads((run / "world_summary.json").read_text())
+    gates = validity_gates(base_record(summary.get("base", BASE_DIR)), mass, pd.read_csv(run / "world_scores.csv"),
+                           pd.read_csv(run / "world_paired.csv"), edit_success)
+    _save_csv(out / "world_gates.csv", gates)
+    atomic_write_json(out / "export.json", {"run_dir": str(run), "command": command})
+    return out
+
+
+def load_committed(dest: str | Path = COMMITTED_DIR) -> dict[str, Any] | None:
+    """The committed multi-seed run's tables and records (None when none is committed)."""
+    import json
+    d = Path(dest)
+    if not (d / "export.json").is_file():
+        return None
+    tables = {f[len("world_"):-4]: pd.read_csv(d / f) for f in sorted(p.name for p in d.glob("world_*.csv"))}
+    for name in ("summary", "provenance", "export"):
+        path = d / (f"world_{name}.json" if name == "summary" else f"{name}.json")
+        tables[name] = json.loads(path.read_text())
+    return tables
+
+
+def committed_line(committed: Mapping[str, Any]) -> str:
+    """The provenance line of a committed run: commit, date, device, wall time, seeds and its command."""
+    prov, summ = committed["provenance"], committed["summary"]
+    sha = (prov.get("git", {}).get("sha") or "unknown")[:8] + ("+dirty" if prov.get("git", {}).get("dirty") else "")
+    dev = ", ".join(prov.get("device", {}).get("gpus", [])) or f"CPU×{prov.get('device', {}).get('cpu_count')}"
+    dur = prov.get("duration_s")
+    seeds = ", ".join(str(x) for x in summ.get("fine_tune_seeds", []))
+    return (f"Committed run (data/miniworld/multiseed): stage 06, profile {prov.get('profile')}, commit {sha}, on "
+            f"{dev}, {str(prov.get('started', ''))[:16].replace('T', ' ')} UTC"
+            f"{f', {dur:.0f} s' if dur is not None else ''}; fine-tune seeds {seeds}; exported by "
+            f"“{committed['export'].get('command', '')}”.")

@@ -58,3 +58,51 @@ def test_the_planned_verdict_counts_only_the_primary_metrics_after_holm():
     held = miniexp.verdict(paired, ks=plan["primary"], holm=True)          # Holm: 0.06 and 0.06
     assert "does not beat" in held and "MG3/MG4" in held and "Holm-adjusted" in held and "p = 0.06" in held
     assert "MG2" in miniexp.verdict(paired), "without the plan every k counts"
+
+
+def _fake_run(d, seeds=(0, 1)):
+    """The files of a finished stage-06 run, small and hand-made."""
+    import json
+    d.mkdir(parents=True)
+    rows = [("base", None)] + [(a, s) for s in seeds for a in ("tokencompose", "finetune")]
+    pd.DataFrame([{"checkpoint": c, "train_seed": s, "layer": lay, "mass": 0.1 if c == "tokencompose" else 0.05,
+                   "chance": 0.05, "prompt_id": 0, "step": 0} for c, s in rows for lay in miniexp.BASE_TRAIN_LAYERS]
+                 ).to_csv(d / "world_mass.csv", index=False)
+    pd.DataFrame([{"checkpoint": c, "train_seed": s, "layer": "up_16", "role": r, "share": 0.25, "step": 0}
+                  for c, s in rows for r in ("BOS", "nouns", "other words", "EOS and padding")]
+                 ).to_csv(d / "world_flow.csv", index=False)
+    pd.DataFrame([{"checkpoint": c, "k": k, "mean": m, "ci_low": m - 5, "ci_high": m + 5} for c in ("base", "tokencompose", "finetune")
+                  for k, m in ((3, 55.0), (4, 20.0))]).to_csv(d / "world_scores.csv", index=False)
+    pd.DataFrame([{"a": a, "b": b, "k": k, "diff": 1.0, "ci_low": -2.0, "ci_high": 4.0, "p_bootstrap": 0.4,
+                   "p_mcnemar": 0.5, "a_only": 3, "b_only": 2, "n_cells": 40}
+                  for a, b in (("tokencompose", "finetune"), ("finetune", "base")) for k in (3, 4)]
+                 ).to_csv(d / "world_paired.csv", index=False)
+    pd.DataFrame([{"a": "tokencompose", "b": "finetune", "k": k, "seed_mean": 1.0, "seed_sd": 2.0, "n_seeds": 2,
+                   "per_seed": "-1.0, +3.0"} for k in (3, 4)]).to_csv(d / "world_effects.csv", index=False)
+    pd.DataFrame([{"checkpoint": "base", "train_seed": None, "k": 3, "mean": 55.0}]).to_csv(d / "world_seed_scores.csv",
+                                                                                           index=False)
+    (d / "world_summary.json").write_text(json.dumps({"base": str(miniexp.BASE_DIR), "fine_tune_seeds": list(seeds)}))
+    (d / "provenance.json").write_text(json.dumps({"profile": "tiny", "git": {"sha": "0123456789ab", "dirty": False},
+                                                   "device": {"cpu_count": 2}, "started": "2026-12-02T16:33:39",
+                                                   "duration_s": 812.4}))
+
+
+def test_export_and_load_a_committed_run(tmp_path):
+    _fake_run(tmp_path / "run")
+    edits = pd.DataFrame({"checkpoint": ["base", "base"], "success": [True, False]})
+    out = miniexp.export_run(tmp_path / "run", tmp_path / "committed", edits, command="make it")
+    c = miniexp.load_committed(out)
+    assert {"scores", "paired", "effects", "gates", "mass_by_layer", "flow_by_layer"} <= set(c)
+    g = c["gates"].set_index("gate")["Passes"]
+    assert g["mg3"] == "yes" and g["mg4"] == "yes" and g["control"] == "yes" and g["grounding"] == "no"
+    assert g["bld"] == "yes" and c["gates"].set_index("gate").loc["bld", "Measured"].startswith("50 % of 2")
+    by = c["mass_by_layer"]
+    assert len(by) == 5 * len(miniexp.BASE_TRAIN_LAYERS), "one row per (model, seed, layer)"
+    shown = miniexp.mass_arms_display(by).set_index("Model")
+    assert shown.loc[miniexp.arm_label("tokencompose"), "up_16 (× chance)"] == pytest.approx(2.0)
+    line = miniexp.committed_line(c)
+    assert "commit 01234567" in line and "812 s" in line and "fine-tune seeds 0, 1" in line and "make it" in line
+    assert miniexp.load_committed(tmp_path / "nothing") is None
+    (tmp_path / "run" / "world_effects.csv").unlink()
+    with pytest.raises(miniexp.ExperimentError, match="world_effects.csv missing"):
+        miniexp.export_run(tmp_path / "run", tmp_path / "other")

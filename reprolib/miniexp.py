@@ -109,9 +109,14 @@ def experiment_size(name: str, **overrides: Any) -> ExperimentSize:
 
 
 def fine_tune_seeds(P: Profile, size: ExperimentSize) -> list[int]:
-    """The fine-tune seeds of a run: the size's, else the profile's seed (one fine-tune per arm)."""
-    seeds = list(dict.fromkeys(size.seeds)) or [P.seed]
-    return seeds
+    """The fine-tune seeds of a run: the size's, else the profile's ``train.seed`` (one fine-tune per arm)."""
+    return list(dict.fromkeys(size.seeds)) or [P.train.seed]
+
+
+def seed_profile(P: Profile, seed: int) -> Profile:
+    """The profile of one fine-tune seed: ``train.seed`` is what reprolib.train draws data order, noise and
+    timesteps from (the top-level ``seed`` fixes the scenes and the evaluation, shared by every fine-tune)."""
+    return P if seed == P.train.seed else apply_overrides(P, {"train.seed": int(seed)})
 
 
 def model_key(arm: str, seed: int | None = None) -> str:
@@ -575,8 +580,8 @@ def run_experiment(P: Profile, size: ExperimentSize, out_dir: str | Path, base: 
     from diffusers import PNDMScheduler
     train_comps = load_components(str(base), scheduler="ddpm")
     for seed in seeds:                    # one fine-tune per arm and seed; one seed keeps the historic layout
-        Ps = P if seed == P.seed else apply_overrides(P, {"seed": seed})
-        seed_dir = out if seeds == [P.seed] else out / f"seed_{seed}"
+        Ps = seed_profile(P, seed)
+        seed_dir = out if seeds == [P.train.seed] else out / f"seed_{seed}"
         for arm in ("tokencompose", "finetune"):
             t0 = time.perf_counter()
             res = finetune(Ps, size, arm, base, seed_dir, train_comps, progress, data_root=out / "data",

@@ -8,9 +8,14 @@ from reprolib import miniexp
 from reprolib.config import load_profile
 
 
-def test_seeds_reach_the_size_and_default_to_the_profiles():
-    P = load_profile("tiny", {"seed": 7})
+def test_seeds_reach_the_size_and_the_trainer_and_default_to_the_profiles():
+    P = load_profile("tiny", {"train.seed": 7, "seed": 3})
     assert miniexp.fine_tune_seeds(P, miniexp.experiment_size("tiny")) == [7]
+    Q = miniexp.seed_profile(P, 2)                     # what reprolib.train seeds data order, noise, timesteps from
+    assert Q.train.seed == 2 and Q.seed == 3, "the scenes and the evaluation stay on the profile's seed"
+    assert miniexp.seed_profile(P, 7) is P
+    arm = miniexp.arm_profile(Q, miniexp.experiment_size("toy"), "finetune", miniexp.BASE_DIR, "/tmp/x")
+    assert arm.train.seed == 2
     size = miniexp.experiment_size("tiny", seeds=[0, 1, 2])
     assert size.seeds == (0, 1, 2) and miniexp.fine_tune_seeds(P, size) == [0, 1, 2]
     assert miniexp.experiment_size("long").seeds == (0, 1, 2), "the committed multi-seed preset"

@@ -15,6 +15,7 @@ data           training records (metadata.jsonl + masks), COCO download, nouns, 
 gsam           Grounded-SAM (GroundingDINO boxes + SAM / SAM-HQ masks): the original's logic, backends, runs, QA
 gsam_official  the official backend: groundingdino-py + segment-anything-hq, checkpoints, random ones
 train          fine-tuning with accelerate (fast and faithful paths), checkpoints, logs
+distributed    launched processes: the process state for a device, whole-batch shards
 multigen       MultiGen prompt sets, generation, MG-k scores (original) and statistics (CIs, paired tests)
 detection      OWLv2 (or the miniature world's detector) over generated images, per-image JSON
 viz            per-token attention maps over time, figures

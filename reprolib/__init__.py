@@ -31,6 +31,7 @@ claims         the claims ledger: the report's claims (data/report/claims.yaml),
 tables         the book's one table helper (great-tables): cells, bold, spanners, checkpoint display names
 report         provenance, banners and glue helpers for the book
 runner         the one-command run: stage notebooks with papermill (cached), then the book; its stage check
+smoke          the paper profile at full size without weights: real architectures (data/archs), random models, a hub cache, the smoke run
 =============  ==============================================================================
 """
 __version__ = "0.1.0"

@@ -293,9 +293,6 @@ def load_pipeline(checkpoint: str, base: str, settings: GenSettings, device: str
     ``attend_and_excite`` is diffusers' ``StableDiffusionAttendAndExcitePipeline`` on SD1.4. The safety
     checker is SD1.4's (the original loaded full hub pipelines, which carry it); the tiny profile has none.
     """
-    from diffusers import StableDiffusionPipeline
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
     check_checkpoint(checkpoint)
     dtype = torch_dtype(settings.precision, device)
     is_ae = checkpoint == ATTEND_AND_EXCITE
@@ -307,15 +304,27 @@ def load_pipeline(checkpoint: str, base: str, settings: GenSettings, device: str
             warnings.warn("the tiny profile has no safety checker: generating without one", stacklevel=2)
         else:
             safety, features = _load_safety_checker(base, dtype)
-    if is_ae:
+    return build_pipeline(comps, settings, device, safety, features, attend_and_excite=is_ae)
+
+
+def build_pipeline(comps, settings: GenSettings, device: str | torch.device, safety_checker=None,
+                   feature_extractor=None, attend_and_excite: bool = False):
+    """The generation pipeline of loaded parts, in the settings' precision and attention processor
+    (what :func:`load_pipeline` returns; benchmarks pass random parts of the real sizes)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    dtype = torch_dtype(settings.precision, device)
+    cast = None if dtype == torch.float32 else dtype
+    if attend_and_excite:
         from diffusers import StableDiffusionAttendAndExcitePipeline as cls
     else:
         cls = StableDiffusionPipeline
     pipe = cls(vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, unet=comps.unet,
-               scheduler=comps.scheduler, safety_checker=safety, feature_extractor=features,
+               scheduler=comps.scheduler, safety_checker=safety_checker, feature_extractor=feature_extractor,
                requires_safety_checker=False)
     pipe = pipe.to(device=device, dtype=cast)
-    if not is_ae:  # A&E installs its own attention processors
+    if not attend_and_excite:  # A&E installs its own attention processors
         pipe.unet.set_attn_processor(AttnProcessor() if settings.attention == "classic" else AttnProcessor2_0())
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -34,6 +34,11 @@ Deliberate differences from the original, each with the original behaviour kept 
   4,526 images and 4 micro-batches the last step of each epoch sums 2 samples' gradients, each
   divided by 4 (accelerate always divides by the accumulation count). ``epoch_tail="partial"``
   (default) reproduces this on both paths; ``"drop"`` uses only whole steps per epoch.
+* several processes (``accelerate launch -m reprolib.train``): each optimizer step's samples are dealt
+  out over the processes by :class:`StepShards`, so a step uses exactly the samples one process would,
+  each once, and the logged losses are means over all of them; accelerate's own dataloader sharding
+  would instead refill an epoch's short last step with samples from the epoch's start. Two processes
+  give one process's losses and weights (``tests/test_distributed.py``).
 * a noun that cannot be found in its caption is skipped and counted (the original asserted).
 * final export: a diffusers UNet folder (safetensors); with EMA the exported weights are the EMA
   weights, as diffusers' example script does.

@@ -74,8 +74,11 @@ def make_batch(bsz: int, latent: int, text_dim: int, layers: list[str], device, 
 
 
 def run_variant(unet, batch: dict, layers: list[str], capture: str, dtype: torch.dtype, steps: int,
-                warmup: int, checkpointing: bool) -> dict:
-    """Median step time and peak memory of `steps` timed training steps (after `warmup`)."""
+                warmup: int, checkpointing: bool, max_seconds: float | None = None) -> dict:
+    """Median step time and peak memory of `steps` timed training steps (after `warmup`).
+
+    ``max_seconds`` caps the whole call: timing stops early (after at least 2 timed steps) once spent.
+    """
     device = batch["latent_mean"].device
     unet = unet.to(device).train()
     if checkpointing:
@@ -97,7 +100,7 @@ def run_variant(unet, batch: dict, layers: list[str], capture: str, dtype: torch
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, start = [], time.perf_counter()
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -110,9 +113,11 @@ def run_variant(unet, batch: dict, layers: list[str], capture: str, dtype: torch
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+            if max_seconds is not None and len(times) >= 2 and time.perf_counter() - start > max_seconds:
+                break
     step_s = statistics.median(times)
     bsz = batch["latent_mean"].shape[0]
-    return {"batch": bsz, "step_s": step_s, "images_per_s": bsz / step_s,
+    return {"batch": bsz, "step_s": step_s, "images_per_s": bsz / step_s, "timed_steps": len(times),
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 

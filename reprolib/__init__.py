@@ -15,6 +15,7 @@ data           training records (metadata.jsonl + masks), COCO download, nouns, 
 gsam           Grounded-SAM (GroundingDINO boxes + SAM / SAM-HQ masks): the original's logic, backends, runs, QA
 gsam_official  the official backend: groundingdino-py + segment-anything-hq, checkpoints, random ones
 train          fine-tuning with accelerate (fast and faithful paths), checkpoints, logs
+distributed    launched processes: the process state for a device, whole-batch shards
 multigen       MultiGen prompt sets, generation, MG-k scores (original) and statistics (CIs, paired tests)
 detection      OWLv2 (or the miniature world's detector) over generated images, per-image JSON
 viz            per-token attention maps over time, figures
@@ -30,6 +31,7 @@ claims         the claims ledger: the report's claims (data/report/claims.yaml),
 tables         the book's one table helper (great-tables): cells, bold, spanners, checkpoint display names
 report         provenance, banners and glue helpers for the book
 runner         the one-command run: stage notebooks with papermill (cached), then the book; its stage check
+smoke          the paper profile at full size without weights: real architectures (data/archs), random models, a hub cache, the smoke run
 =============  ==============================================================================
 """
 __version__ = "0.1.0"

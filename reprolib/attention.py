@@ -12,6 +12,7 @@ moved off the accelerator, for visualisation.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -144,7 +145,9 @@ class CaptureAttnProcessor:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
             k = attn.norm_k(k)
-        with torch.autocast(device_type=q.device.type, enabled=False):   # autocast would recast to bf16
+        # autocast would recast to bf16; the meta device (shape checks) has no autocast to turn off
+        off = contextlib.nullcontext() if q.device.type == "meta" else torch.autocast(q.device.type, enabled=False)
+        with off:
             scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
             if attention_mask is not None:
                 scores = scores + attention_mask.float()

@@ -293,9 +293,6 @@ def load_pipeline(checkpoint: str, base: str, settings: GenSettings, device: str
     ``attend_and_excite`` is diffusers' ``StableDiffusionAttendAndExcitePipeline`` on SD1.4. The safety
     checker is SD1.4's (the original loaded full hub pipelines, which carry it); the tiny profile has none.
     """
-    from diffusers import StableDiffusionPipeline
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
     check_checkpoint(checkpoint)
     dtype = torch_dtype(settings.precision, device)
     is_ae = checkpoint == ATTEND_AND_EXCITE
@@ -307,15 +304,27 @@ def load_pipeline(checkpoint: str, base: str, settings: GenSettings, device: str
             warnings.warn("the tiny profile has no safety checker: generating without one", stacklevel=2)
         else:
             safety, features = _load_safety_checker(base, dtype)
-    if is_ae:
+    return build_pipeline(comps, settings, device, safety, features, attend_and_excite=is_ae)
+
+
+def build_pipeline(comps, settings: GenSettings, device: str | torch.device, safety_checker=None,
+                   feature_extractor=None, attend_and_excite: bool = False):
+    """The generation pipeline of loaded parts, in the settings' precision and attention processor
+    (what :func:`load_pipeline` returns; benchmarks pass random parts of the real sizes)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    dtype = torch_dtype(settings.precision, device)
+    cast = None if dtype == torch.float32 else dtype
+    if attend_and_excite:
         from diffusers import StableDiffusionAttendAndExcitePipeline as cls
     else:
         cls = StableDiffusionPipeline
     pipe = cls(vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, unet=comps.unet,
-               scheduler=comps.scheduler, safety_checker=safety, feature_extractor=features,
+               scheduler=comps.scheduler, safety_checker=safety_checker, feature_extractor=feature_extractor,
                requires_safety_checker=False)
     pipe = pipe.to(device=device, dtype=cast)
-    if not is_ae:  # A&E installs its own attention processors
+    if not attend_and_excite:  # A&E installs its own attention processors
         pipe.unet.set_attn_processor(AttnProcessor() if settings.attention == "classic" else AttnProcessor2_0())
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -389,20 +398,21 @@ def generate_images(pipe, items: Sequence[WorkItem], out_dir: str | os.PathLike,
                     progress: bool = True, shard: bool = True) -> dict[str, int]:
     """Write ``out_dir/<pid>_<j>.png`` for every item; resumable; sharded over accelerate processes.
 
-    Every process takes its share of the *full* item list (``split_between_processes``) and skips the
-    valid PNGs already there, so a killed run restarted with any number of processes finishes the rest.
+    Every process takes its whole batches of the *full* item list (:func:`reprolib.distributed.batch_shard`)
+    and skips the valid PNGs already there, so a fresh run makes every image in the batch one process
+    would (same pixels for any number of processes), each exactly once, and a killed run restarted with
+    any number of processes finishes the rest.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    bs = max(1, settings.batch_size)
     mine = list(items)
     state = None
     if shard:
-        from accelerate import PartialState
-        state = PartialState()
-        with state.split_between_processes(mine) as part:
-            mine = list(part)
+        from .distributed import batch_shard, process_state
+        state = process_state(getattr(pipe, "device", "cpu"))
+        mine = batch_shard(mine, bs, state.num_processes, state.process_index)
     todo = [it for it in mine if not is_valid_png(out_dir / f"{it.id}.png", settings.resolution)]
-    bs = max(1, settings.batch_size)
     with tqdm(total=len(todo), desc=f"generate {out_dir.parent.name}/{out_dir.name}", disable=not progress,
               leave=False) as bar:
         for start in range(0, len(todo), bs):
@@ -757,11 +767,11 @@ def load_prompt_sets(profile: Profile) -> dict[str, PromptSet]:
 
 
 def _device(profile: Profile) -> str:
-    if profile.device != "auto":
-        return profile.device
-    from accelerate import PartialState
-    state = PartialState()
-    return str(state.device) if state.num_processes > 1 else resolve_device(profile)
+    """The profile's device; under a multi-process launch on GPUs, this process's own GPU."""
+    from .distributed import process_state
+    device = resolve_device(profile)
+    state = process_state(device)
+    return str(state.device) if state.num_processes > 1 and profile.device == "auto" else device
 
 
 def image_signature(checkpoint: str, profile: Profile, settings: GenSettings) -> dict[str, Any]:
@@ -781,15 +791,18 @@ def run_generation(profile: Profile, prompt_sets: Mapping[str, PromptSet], progr
     mg, paths, settings = profile.multigen, stage_paths(profile), gen_settings(profile)
     for c in mg.checkpoints:
         check_checkpoint(c)
+    from .distributed import process_state
     device, rows = _device(profile), []
+    state = process_state(device)
     for ckpt in mg.checkpoints:
         pipe = load_pipeline(ckpt, profile.model.pretrained, settings, device, profile.model.seed)
         sig = image_signature(ckpt, profile, settings)
         for name, ps in prompt_sets.items():
             d = paths.images(name, ckpt)
-            if reset_if_changed(d, sig, "*.png"):          # other weights or settings: redo, and its detections
-                for f in paths.detections(name, ckpt).glob("*.json"):
-                    f.unlink()
+            with state.main_process_first():                 # one process compares and deletes, then the rest
+                if state.is_main_process and reset_if_changed(d, sig, "*.png"):   # other weights or settings:
+                    for f in paths.detections(name, ckpt).glob("*.json"):        # redo, and its detections
+                        f.unlink()
             counts = generate_images(pipe, work_items(ps.records, mg.images_per_prompt), d, settings, progress)
             rows.append({"prompt_set": name, "checkpoint": ckpt, **counts, "blacked_out": count_blacked_out(d)})
         del pipe
@@ -947,7 +960,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     import argparse
 
-    from .config import load_profile
+    from .config import apply_runtime, load_profile
 
     ap = argparse.ArgumentParser(prog="reprolib.multigen", description=main.__doc__)
     ap.add_argument("--profile", default="tiny")
@@ -955,14 +968,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("overrides", nargs="*", help="profile overrides as key=value (e.g. multigen.n_prompts=10)")
     args = ap.parse_args(argv)
     over = dict(kv.split("=", 1) for kv in args.overrides)
+    from .distributed import process_state
     profile = load_profile(args.profile, over)
-    sets = load_prompt_sets(profile)
-    for ps in sets.values():
-        print(ps.describe())
+    apply_runtime(profile)
+    state = process_state(_device(profile))
+    with state.main_process_first():                        # one process fetches and writes the prompt files
+        sets = load_prompt_sets(profile)
+    if state.is_main_process:
+        for ps in sets.values():
+            print(ps.describe())
     if args.stage in ("generate", "all"):
-        print(run_generation(profile, sets).to_string(index=False))
-    from accelerate import PartialState
-    if not PartialState().is_main_process:
+        counts = run_generation(profile, sets, progress=state.is_local_main_process)
+        print(f"generated by process {state.process_index} of {state.num_processes}:",   # one line each
+              counts.to_json(orient="records"), flush=True)
+    if not state.is_main_process:
         return
     if args.stage in ("detect", "all"):
         print(run_detection(profile, sets).to_string(index=False))

@@ -34,6 +34,11 @@ Deliberate differences from the original, each with the original behaviour kept 
   4,526 images and 4 micro-batches the last step of each epoch sums 2 samples' gradients, each
   divided by 4 (accelerate always divides by the accumulation count). ``epoch_tail="partial"``
   (default) reproduces this on both paths; ``"drop"`` uses only whole steps per epoch.
+* several processes (``accelerate launch -m reprolib.train``): each optimizer step's samples are dealt
+  out over the processes by :class:`StepShards`, so a step uses exactly the samples one process would,
+  each once, and the logged losses are means over all of them; accelerate's own dataloader sharding
+  would instead refill an epoch's short last step with samples from the epoch's start. Two processes
+  give one process's losses and weights (``tests/test_distributed.py``).
 * a noun that cannot be found in its caption is skipped and counted (the original asserted).
 * final export: a diffusers UNet folder (safetensors); with EMA the exported weights are the EMA
   weights, as diffusers' example script does.
@@ -64,6 +69,7 @@ from tqdm.auto import tqdm
 
 from .attention import install_capture, uninstall_capture
 from .config import Profile, TrainConfig, effective_precision, precision_dtype, resolve_device
+from .distributed import process_state
 from .io import atomic_save, atomic_write_json
 from .losses import GroundingTargets, grounding_losses, resize_masks
 from .models import weights_identity
@@ -172,6 +178,59 @@ class EpochSampler(Sampler):
         return iter([(base + i, idx) for i, idx in enumerate(perm)])
 
 
+class StepShards(Sampler):
+    """This process's micro-batches: each optimizer step's samples dealt out over the processes.
+
+    Step ``s`` of an epoch takes the next ``effective_batch`` pairs of an :class:`EpochSampler` (fewer in
+    a partial tail); process ``p`` of ``P`` takes the ``p``-th of ``P`` contiguous, near-equal shards of
+    them, cut in micro-batches of ``micro_batch``. Every sample of a step is used exactly once, by one
+    process, and the step's gradient is the one a single process computes. (accelerate's own
+    dataloader sharding would fill the last round of an epoch with samples from its start.) A process
+    whose shard of a short tail step is empty gets one weight-0 copy of the step's first sample, so
+    that it still takes part in the gradient all-reduce, adding exactly 0.
+
+    Keys are ``(position, index, weight)``; with one process the micro-batches are those of a plain
+    ``DataLoader(batch_size=micro_batch)`` over the sampler.
+    """
+
+    def __init__(self, order: EpochSampler, micro_batch: int, num_processes: int = 1, process_index: int = 0):
+        if micro_batch < 1 or not 0 <= process_index < num_processes:
+            raise TrainError(f"micro-batch {micro_batch}, process {process_index} of {num_processes}")
+        self.order, self.micro, self.P, self.p = order, micro_batch, num_processes, process_index
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.order) / self.order.eff)
+
+    def _shard(self, n: int) -> range:
+        base, extra = divmod(n, self.P)
+        start = self.p * base + min(self.p, extra)
+        return range(start, start + base + (self.p < extra))
+
+    def _sizes(self, n: int) -> list[int]:
+        """Micro-batch sizes of this process for a step of ``n`` samples (0: the weight-0 placeholder)."""
+        k = len(self._shard(n))
+        return [min(self.micro, k - m) for m in range(0, k, self.micro)] or [0]
+
+    def __len__(self) -> int:
+        n, eff = len(self.order), self.order.eff
+        return (n // eff) * len(self._sizes(eff)) + (len(self._sizes(n % eff)) if n % eff else 0)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, float]]]:
+        order, eff = list(self.order), self.order.eff
+        for s in range(0, len(order), eff):
+            step = order[s:s + eff]
+            mine = [step[i] for i in self._shard(len(step))]
+            if not mine:
+                yield [(*step[0], 0.0)]
+                continue
+            for m in range(0, len(mine), self.micro):
+                yield [(*key, 1.0) for key in mine[m:m + self.micro]]
+
+
 def masks_by_resolution(masks: torch.Tensor, resolutions: Sequence[int],
                         antialias: bool = False) -> dict[int, torch.Tensor]:
     """Binary (bool) masks at each loss resolution, resized exactly as the loss would resize them."""
@@ -270,9 +329,9 @@ class TrainExamples(Dataset):
     def __len__(self) -> int:
         return len(self.cache) if self.cache is not None else len(self.examples)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        position, idx = key
-        item: dict[str, Any] = {"position": position, "index": idx}
+    def __getitem__(self, key: tuple[int, int] | tuple[int, int, float]) -> dict[str, Any]:
+        position, idx = key[:2]
+        item: dict[str, Any] = {"position": position, "index": idx, "weight": key[2] if len(key) > 2 else 1.0}
         if self.cache is not None:
             c = self.cache
             item.update(latent_mean=c.mean[idx], latent_std=c.std[idx], input_ids=c.input_ids[idx],
@@ -302,6 +361,7 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Stack tensors; keep per-sample token lists and mask dicts as lists (their sizes vary)."""
     out: dict[str, Any] = {
         "positions": torch.tensor([it["position"] for it in items], dtype=torch.long),
+        "weights": torch.tensor([float(it.get("weight", 1.0)) for it in items]),
         "input_ids": torch.stack([it["input_ids"] for it in items]),
         "posterior_eps": torch.stack([it["posterior_eps"] for it in items]),
         "noise": torch.stack([it["noise"] for it in items]),
@@ -634,7 +694,7 @@ class _Run:
     noise_scheduler: Any
     store: Any
     ema: Any
-    sampler: EpochSampler
+    sampler: StepShards
     loader: Any
     optimizer: Any
     lr_scheduler: Any
@@ -647,14 +707,14 @@ class _Run:
 def _prepare(P: Profile, comps, dataset: Dataset, out: Path, epoch_tail: str) -> _Run:
     """Accelerator, frozen/trainable models, capture processors, (cached) data, optimizer: all prepared."""
     from accelerate import Accelerator
-    from accelerate.state import PartialState
+    from accelerate.data_loader import prepare_data_loader
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
     cfg = P.train
     _fresh_accelerator_state()
-    plan = plan_batches(cfg, PartialState().num_processes)
     on_cpu = resolve_device(P) == "cpu"
+    plan = plan_batches(cfg, process_state(resolve_device(P)).num_processes)
     mp = effective_precision(plan.mixed_precision, "cpu" if on_cpu else "cuda", "train.mixed_precision")
     plan = replace(plan, mixed_precision="no" if mp == "fp32" else mp)   # the one policy: fp32 on CPU
     has_tb = importlib.util.find_spec("tensorboard") is not None
@@ -711,8 +771,9 @@ def _prepare(P: Profile, comps, dataset: Dataset, out: Path, epoch_tail: str) ->
     examples = TrainExamples(None if cache is not None else dataset, cache, comps.tokenizer, resolutions,
                              latent_shape, cfg.seed, comps.scheduler.config.num_train_timesteps,
                              cfg.mask_antialias)
-    sampler = EpochSampler(n, cfg.seed, plan.effective_batch, epoch_tail)
-    loader = DataLoader(examples, batch_size=plan.per_device_batch, sampler=sampler, collate_fn=collate,
+    sampler = StepShards(EpochSampler(n, cfg.seed, plan.effective_batch, epoch_tail), plan.per_device_batch,
+                         accelerator.num_processes, accelerator.process_index)
+    loader = DataLoader(examples, batch_sampler=sampler, collate_fn=collate,
                         num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(),
                         persistent_workers=cfg.num_workers > 0)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -720,7 +781,9 @@ def _prepare(P: Profile, comps, dataset: Dataset, out: Path, epoch_tail: str) ->
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=cfg.steps * accelerator.num_processes)
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    # already this process's share (StepShards): accelerate only moves batches and marks the epoch's end
+    loader = prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True)
     return _Run(accelerator, plan, unet, accelerator.unwrap_model(unet), vae, text_encoder, comps.scheduler,
                 store, ema, sampler, loader, optimizer, lr_scheduler, cache, cache_s, fingerprint, has_tb)
 
@@ -778,14 +841,15 @@ def train(P: Profile, dataset: Dataset | None = None, out_dir: str | Path | None
         raise TrainError(f"epoch_tail must be one of {EPOCH_TAILS}, got {epoch_tail!r}")
     comps = components or load_training_components(P)
     if dataset is None:
-        dataset = default_dataset(P, comps.tokenizer)
+        with process_state(resolve_device(P)).main_process_first():   # one process writes the tiny set
+            dataset = default_dataset(P, comps.tokenizer)
     if len(dataset) == 0:
         raise TrainError(f"no training examples (data.root = {P.data.root})")
     out.mkdir(parents=True, exist_ok=True)
     run = _prepare(P, comps, dataset, out, epoch_tail)
     acc, plan = run.accelerator, run.plan
     step, rows, resumed_from = _resume(run, out, resume)
-    steps_per_epoch = math.ceil(len(run.loader) / plan.grad_accum)
+    steps_per_epoch = run.sampler.steps_per_epoch
     if run.has_tb:
         acc.init_trackers("tokencompose")
     if torch.cuda.is_available():
@@ -801,7 +865,7 @@ def train(P: Profile, dataset: Dataset | None = None, out_dir: str | Path | None
         run.loader.set_epoch(epoch)
         skip = (step % steps_per_epoch) * plan.grad_accum
         for batch in (acc.skip_first_batches(run.loader, skip) if skip else run.loader):
-            bsz = batch["input_ids"].shape[0]
+            bsz = float(batch["weights"].sum())         # samples of the step in it (0: a placeholder)
             seen_skips.update(zip(batch["indices"], batch["n_skipped"]))
             with acc.accumulate(run.unet):
                 parts = step_losses(run.unet, run.vae, run.text_encoder, run.noise_scheduler, batch, run.store,
@@ -818,13 +882,13 @@ def train(P: Profile, dataset: Dataset | None = None, out_dir: str | Path | None
                 run.optimizer.step()
                 run.lr_scheduler.step()
                 run.optimizer.zero_grad()
-            images += bsz * acc.num_processes
             if not acc.sync_gradients:
                 continue
             if run.ema is not None:
                 run.ema.step(run.raw_unet.parameters())
             step += 1
             rows.append(_log_row(micro, step, epoch, run.lr_scheduler.get_last_lr()[0], grad_norm, acc))
+            images += rows[-1]["samples"]
             micro = []
             if run.has_tb:
                 acc.log({k: v for k, v in rows[-1].items() if isinstance(v, float)}, step=step)
@@ -863,14 +927,20 @@ def train(P: Profile, dataset: Dataset | None = None, out_dir: str | Path | None
     return TrainResult(out, unet_dir, log_frame(rows), summary, completed)
 
 
-def _log_row(acc: Sequence[tuple[dict[str, torch.Tensor], int]], step: int, epoch: int, lr: float,
+def _log_row(acc: Sequence[tuple[dict[str, torch.Tensor], float]], step: int, epoch: int, lr: float,
              grad_norm, accelerator) -> dict[str, Any]:
-    """Sample-weighted mean of the micro-steps' losses (one GPU sync per optimizer step)."""
+    """Sample-weighted mean of the step's micro-batch losses over all processes (one sync per step).
+
+    Sums and sample counts are all-reduced *before* dividing: processes may hold different numbers
+    of the step's samples (a short tail step), so a mean of per-process means would be wrong.
+    """
     keys = list(acc[0][0])
-    vals = torch.stack([torch.stack([p[k].float() for k in keys]) * b for p, b in acc]).sum(0)
-    total = sum(b for _, b in acc)
-    vals = accelerator.reduce(vals, "mean") / total if accelerator.num_processes > 1 else vals / total
-    row: dict[str, Any] = {"step": step, "epoch": epoch, "samples": total * accelerator.num_processes, "lr": lr}
+    sums = torch.stack([torch.stack([p[k].float() for k in keys]) * b for p, b in acc]).sum(0)
+    sums = torch.cat([sums, sums.new_tensor([sum(b for _, b in acc)])])
+    if accelerator.num_processes > 1:
+        sums = accelerator.reduce(sums, "sum")
+    vals, total = sums[:-1] / sums[-1], sums[-1]
+    row: dict[str, Any] = {"step": step, "epoch": epoch, "samples": int(round(float(total))), "lr": lr}
     row.update({k: float(v) for k, v in zip(keys, vals.tolist())})
     row["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
     return row
@@ -907,3 +977,38 @@ def with_trained(checkpoints: list[str], P: Profile) -> list[str]:
     """``checkpoints`` plus stage 02's exported UNet when it exists and is not listed yet."""
     unet = trained_unet(P)
     return list(checkpoints) + ([str(unet)] if unet is not None and str(unet) not in checkpoints else [])
+
+
+# --------------------------------------------------------------------------- command line
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``[accelerate launch [--multi_gpu --num_processes N] -m] python -m reprolib.train --profile paper [k=v ...]``.
+
+    Stage 02's training alone, on any number of launched processes (the effective batch stays
+    ``train.batch_size × train.grad_accum``, split over them); resumes from the latest checkpoint in
+    the output folder, where stage 02's notebook then finds the finished run.
+    """
+    import argparse
+
+    from .config import apply_runtime, load_profile
+
+    ap = argparse.ArgumentParser(prog="reprolib.train", description=main.__doc__)
+    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--out", default=None, help="output folder (default: train.output_dir)")
+    ap.add_argument("--no-resume", action="store_true", help="delete existing checkpoints and start over")
+    ap.add_argument("overrides", nargs="*", help="profile overrides as key=value (e.g. train.steps=100)")
+    args = ap.parse_args(argv)
+    bad = [kv for kv in args.overrides if "=" not in kv]
+    if bad:
+        ap.error(f"override {bad[0]!r} is not key=value")
+    P = load_profile(args.profile, dict(kv.split("=", 1) for kv in args.overrides))
+    apply_runtime(P)
+    result = train(P, out_dir=args.out, resume=not args.no_resume)
+    if process_state(resolve_device(P)).is_main_process:
+        s = result.summary
+        print(f"{s['steps']} of {s['target_steps']} steps on {s['plan']['num_processes']} process(es), "
+              f"{s['images_this_call']} images in {s['wall_time_s']} s; UNet: {result.unet_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -147,8 +147,8 @@ def test_fast_and_faithful_paths_match_in_fp32(tokenizer, tmp_path):
     (slow, g_slow), (fast, g_fast) = runs["faithful"], runs["fast"]
     assert slow.summary["plan"]["grad_accum"] == 4 and fast.summary["plan"]["per_device_batch"] == 4
     assert list(slow.log["samples"]) == list(fast.log["samples"]) == [4, 2]
-    cols = ["loss", "denoise", "token", "pixel"] + [f"token/{g}" for g in LAYERS]
-    for c in cols:
+    cols = ["loss", "denoise", "token", "pixel", "grad_norm"] + [f"token/{g}" for g in LAYERS]
+    for c in cols:                                     # grad_norm is the norm before clipping
         assert_close_scaled(fast.log[c].to_numpy(), slow.log[c].to_numpy(), rtol=1e-5, msg=c)
     assert (slow.log["token"] > 0).all() and (slow.log["pixel"] > 0).all()
     for other in (g_fast, runs["fast_ckpt"][1]):
@@ -156,6 +156,24 @@ def test_fast_and_faithful_paths_match_in_fp32(tokenizer, tmp_path):
             assert set(other[step]) == set(g_slow[step])
             for k, ref in g_slow[step].items():        # measured worst: 1e-5 (1 or 2 threads, AMD EPYC)
                 assert_close_scaled(other[step][k], ref, rtol=1e-4, msg=f"step {step} {k}")
+
+
+def test_short_last_batch_weighs_as_in_batch_one_accumulation(tokenizer, tmp_path):
+    """The epoch's short last step (6 = 4 + 2) sums its 2 samples' gradients, each divided by 4, on both
+    paths. Clipping is off (max_grad_norm huge), so a weight of 2/4 vs 1 cannot hide behind a clipped norm."""
+    data = make_examples(tokenizer, 6, seed=3)
+    grads: dict = {}
+    logs = {}
+    for name, faithful in (("faithful", True), ("fast", False)):
+        grads[name] = {}
+        res = T.train(profile(faithful=faithful, max_grad_norm=1e9, adam_epsilon=1.0), data, tmp_path / name,
+                      components=micro_components(tokenizer), grad_hook=grads_of(grads[name]), progress=False)
+        logs[name] = res.log
+    assert logs["fast"]["samples"].tolist() == [4, 2]
+    assert_close_scaled(logs["fast"]["grad_norm"], logs["faithful"]["grad_norm"], rtol=1e-5, msg="grad_norm")
+    for step in (1, 2):
+        for k, ref in grads["faithful"][step].items():
+            assert_close_scaled(grads["fast"][step][k], ref, rtol=1e-4, msg=f"step {step} {k}")
 
 
 def test_resume_after_kill_matches_uninterrupted_run_and_exports(tokenizer, tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from _require import need
 from reprolib import data, gsam
 from reprolib.data import DataError, Noun, Record
 
@@ -283,7 +284,8 @@ def test_transformers_backend_bounds_boxes_per_call_without_changing_masks(tiny_
 # --------------------------------------------------------------------------- official backend (groundingdino-py, SAM-HQ)
 
 def _need_official():
-    """The official packages are part of the `gsam` extra that CI installs: missing there is a failure."""
+    """The official packages are part of the `gsam` extra that CI installs: missing there is a failure
+    (``CI`` or ``REPROLIB_REQUIRE_GSAM=1``)."""
     import os
     try:
         from reprolib.gsam_official import require_packages
@@ -291,7 +293,7 @@ def _need_official():
     except ImportError as e:
         if os.environ.get("CI"):
             raise
-        pytest.skip(str(e))
+        need(False, str(e), "gsam")
 
 
 @pytest.fixture(scope="module")

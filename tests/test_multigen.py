@@ -314,6 +314,43 @@ def test_resume_after_kill_and_single_image_regeneration(tiny_pipe, tmp_path):
         assert np.abs(np.asarray(img).astype(int) - ref).max() <= 1
 
 
+_KILLED_GENERATION = """
+import torch
+torch.set_num_threads({threads})
+import _kill
+if {mid_write}:
+    _kill.hang_in_write("*/0_2.png", 1, {marker!r})          # SIGKILLed while writing the third PNG
+from reprolib import multigen as mg
+import test_multigen as tm
+pipe = mg.load_pipeline("sd14", "tiny", tm.SETTINGS, "cpu")
+mg.generate_images(pipe, mg.work_items([tm.rec(0)], 4), {out!r}, tm.SETTINGS, progress=False, shard=False)
+"""
+
+
+@pytest.mark.parametrize("mid_write", [True, False], ids=["killed-mid-write", "killed-after-first-png"])
+def test_generation_sigkilled_then_resumed_equals_an_uninterrupted_run(tiny_pipe, tmp_path, mid_write):
+    """A generation process SIGKILLed (mid-write of a PNG, or at whatever point it reached after its first
+    image), then resumed: no half-written file is left, only the missing images are made, and every PNG
+    is byte-identical to an uninterrupted run's."""
+    import _kill
+    items = mg.work_items([rec(0)], 4)
+    full = tmp_path / "full"
+    mg.generate_images(tiny_pipe, items, full, SETTINGS, progress=False, shard=False)
+    out, marker = tmp_path / "killed", tmp_path / "marker"
+    code = _KILLED_GENERATION.format(threads=torch.get_num_threads(), mid_write=mid_write, marker=str(marker),
+                                     out=str(out))
+    _kill.run_killed(code, marker.exists if mid_write else _kill.first_outputs(out, "*.png"))
+    done = sorted(p.name for p in out.glob("*.png"))
+    if mid_write:
+        assert done == ["0_0.png", "0_1.png"] and len(_kill.leftovers(out)) == 1    # the half-written third
+    calls: list = []
+    counts = mg.generate_images(_Counting(tiny_pipe, calls), items, out, SETTINGS, progress=False, shard=False)
+    assert counts == {"done": 4 - len(done), "skipped": len(done)} and len(calls) == 4 - len(done)
+    assert _kill.leftovers(out) == []
+    for it in items:
+        assert (out / f"{it.id}.png").read_bytes() == (full / f"{it.id}.png").read_bytes(), it.id
+
+
 class _Counting:
     def __init__(self, pipe, calls):
         self.pipe, self.calls, self.tokenizer = pipe, calls, pipe.tokenizer

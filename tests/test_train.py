@@ -215,6 +215,65 @@ def test_resume_after_kill_matches_uninterrupted_run_and_exports(tokenizer, tmp_
                 components=micro_components(tokenizer), progress=False)
 
 
+_KILLED_TRAINING = """
+import torch
+torch.set_num_threads({threads})
+import _kill
+_kill.hang_in_write("*/.checkpoint-3.tmp/log.csv", 1, {marker!r})    # SIGKILLed while checkpoint 3 is written
+import test_train as tt
+from reprolib import train as T
+from reprolib.models import clip_tokenizer
+tok = clip_tokenizer()
+T.train(tt.KILL_PROFILE(), tt.make_examples(tok, 6, seed=1), {out!r}, components=tt.micro_components(tok),
+        progress=False)
+"""
+
+
+def KILL_PROFILE():
+    return profile(faithful=False, steps=5, checkpointing_steps=1, checkpoints_total_limit=2)
+
+
+def test_training_sigkilled_mid_checkpoint_resumes_to_the_uninterrupted_result(tokenizer, tmp_path):
+    """A training process SIGKILLed while writing checkpoint 3 (accelerate's state saved, its log half
+    written, the folder not yet renamed), then resumed: the unfinished checkpoint is discarded, training
+    restarts from checkpoint 2 (steps 3-5 only), and the log and exported weights equal an uninterrupted run's."""
+    import _kill
+    data = make_examples(tokenizer, 6, seed=1)
+    full = T.train(KILL_PROFILE(), data, tmp_path / "full", components=micro_components(tokenizer), progress=False)
+    out, marker = tmp_path / "killed", tmp_path / "marker"
+    _kill.run_killed(_KILLED_TRAINING.format(threads=torch.get_num_threads(), marker=str(marker), out=str(out)),
+                     marker.exists)
+    assert [s for s, _ in T.list_checkpoints(out)] == [1, 2] and (out / ".checkpoint-3.tmp").is_dir()
+    assert any(n.startswith(".checkpoint-3.tmp/.log.csv.") for n in _kill.leftovers(out))    # the half-written log
+    again = T.train(KILL_PROFILE(), data, out, components=micro_components(tokenizer), progress=False)
+    assert again.summary["resumed_from"].endswith("checkpoint-2") and again.summary["steps_this_call"] == 3
+    assert _kill.leftovers(out) == [] and [s for s, _ in T.list_checkpoints(out)] == [4, 5]
+    cols = [c for c in full.log.columns if c != "grad_norm"]
+    np.testing.assert_array_equal(again.log[cols].to_numpy(float), full.log[cols].to_numpy(float))
+    a, b = load_unet(str(full.unet_dir)).state_dict(), load_unet(str(again.unet_dir)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_clean_interrupted_restores_a_checkpoint_moved_aside_and_drops_unfinished_ones(tmp_path):
+    """A kill between "move the old checkpoint-N aside" and "move the new one in" leaves only
+    ``.checkpoint-N.old``: it is put back. Unfinished folders and dead writers' temporary files go."""
+    old = tmp_path / ".checkpoint-4.old"
+    old.mkdir()
+    (old / T.STATE_FILE).write_text("{}")
+    (tmp_path / ".checkpoint-5.tmp").mkdir()
+    (tmp_path / ".unet.tmp").mkdir()
+    kept = tmp_path / ".checkpoint-2.old"
+    kept.mkdir()
+    (tmp_path / "checkpoint-2").mkdir()                  # its replacement did arrive: the old copy goes
+    from reprolib.io import HOST
+    (tmp_path / f".log.csv.pid999999999@{HOST}.x1.tmp").write_text("half")
+    done = T.clean_interrupted(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert (tmp_path / "checkpoint-4" / T.STATE_FILE).is_file()
+    assert done == ["removed .checkpoint-2.old", "restored checkpoint-4", "removed .checkpoint-5.tmp",
+                    "removed .unet.tmp", "removed 1 temporary files"]
+
+
 def test_lambda_zero_is_a_plain_diffusion_fine_tune_step(tokenizer, tmp_path):
     """With λ = 0 nothing is captured and one step equals a hand-written SD fine-tuning step.
 

@@ -106,7 +106,7 @@ def test_annotate_writes_layout_and_nulls(tiny_set, tmp_path):
     assert len(recs) == 7
 
 
-def test_annotate_resumes_after_a_kill_without_redoing_work(tiny_set, tmp_path):
+def test_annotate_resumes_after_a_crash_without_redoing_work(tiny_set, tmp_path):
     root, rows = tiny_set
     ref = gsam.annotate(rows, root, tmp_path / "ref", FakeGSAM(), batch_size=2, progress=False).rows
     killed = FakeGSAM(die_after=4)                     # dies when asked for the 3rd batch

@@ -273,12 +273,12 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_after_kill_and_single_image_regeneration(tiny_pipe, tmp_path):
+def test_resume_after_a_crash_and_single_image_regeneration(tiny_pipe, tmp_path):
     records = [rec(0)]
     items = mg.work_items(records, 3)
     real_call, calls = type(tiny_pipe).__call__, []
 
-    class Dying:                       # the pipeline "dies" on its second call, like a killed job
+    class Dying:                       # the pipeline raises on its second call (a SIGKILL: the sigkilled test)
         tokenizer = tiny_pipe.tokenizer
 
         def __call__(self, **kw):

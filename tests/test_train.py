@@ -176,7 +176,8 @@ def test_short_last_batch_weighs_as_in_batch_one_accumulation(tokenizer, tmp_pat
             assert_close_scaled(grads["fast"][step][k], ref, rtol=1e-4, msg=f"step {step} {k}")
 
 
-def test_resume_after_kill_matches_uninterrupted_run_and_exports(tokenizer, tmp_path):
+def test_resume_after_a_stop_matches_uninterrupted_run_and_exports(tokenizer, tmp_path):
+    """A clean stop at a step boundary (``stop_at``), resumed; the real SIGKILL is the ``sigkilled`` test."""
     data = make_examples(tokenizer, 6, seed=1)
     P = profile(faithful=False, steps=4, checkpointing_steps=2, checkpoints_total_limit=1)
     full = T.train(P, data, tmp_path / "full", components=micro_components(tokenizer), progress=False)

@@ -6,7 +6,7 @@ One module per concern; data flows profile → stage notebook → reprolib → a
 module         what it holds
 =============  ==============================================================================
 config         profiles (``data/profiles/*.yaml``) as typed dataclasses, overrides
-io             atomic writes, checksum-verified downloads
+io             atomic writes, killed writers' temp files cleaned, checksum-verified downloads
 models         SD pipeline parts from hub/folder, UNet swap, tiny random models, SD1.4 tokenizer
 tokens         noun phrase → token positions in a prompt (as the original training code)
 attention      attention processor that captures cross-attention probabilities; the store

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .io import atomic_write_json
+from .io import atomic_write_json, remove_stale_temps
 from .models import ModelLoadError
 
 QUERY_TEMPLATE = "a photo of a {}"
@@ -244,6 +244,7 @@ def detect_folder(detector: Detector, items: Sequence[tuple[str, Path, Sequence[
     Returns counts ``{"done": new files, "skipped": already there}``.
     """
     out_dir = Path(out_dir)
+    remove_stale_temps(out_dir, recursive=False)          # half-written JSON of a killed run
     todo = [it for it in items if read_detection_file(out_dir / f"{it[0]}.json") is None]
     for _, path, _ in todo:
         if not Path(path).is_file():

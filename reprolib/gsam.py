@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from .data import (METADATA, SEG_DIR, DataError, Record, image_id, mask_relpath, open_image, read_mask,
                    save_mask, write_metadata)
 from .report import package_versions
-from .io import atomic_write_json, reset_if_changed
+from .io import atomic_write_json, remove_stale_temps, reset_if_changed
 
 BOX_THRESHOLD = 0.25        # authors' run_pipeline.sh
 TEXT_THRESHOLD = 0.25
@@ -365,6 +365,7 @@ def annotate(rows: Sequence[Mapping], image_dir: str | Path, out_root: str | Pat
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rows = list(rows)[:limit] if limit is not None else list(rows)
     image_dir, out_root = Path(image_dir), Path(out_root)
+    remove_stale_temps(out_root)                          # masks and records half-written by a killed run
     reset_if_changed(out_root / SEG_DIR, signature(gsam), pattern="*/*")   # seg/<id>/ files of another model
     todo = [r for r in rows if not _done_path(out_root, r["file_name"]).is_file()]
     bar = tqdm(total=len(todo), desc="Grounded-SAM", disable=not progress)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -29,10 +31,42 @@ class ChecksumError(RuntimeError):
     """A downloaded or local file does not have the expected sha256."""
 
 
+#: This machine's name as it appears in temporary file names (no dots, so names parse back).
+HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+#: ``.<name>.pid<pid>@<host>.<random>.tmp``: who wrote a temporary file, so a later run can tell a dead
+#: writer's leftover (SIGKILL skips every ``finally``) from a live writer's file.
+_TEMP = re.compile(r"^\.(?P<name>.+)\.pid(?P<pid>\d+)@(?P<host>[A-Za-z0-9_-]+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = True) -> int:
+    """Delete the temporary files of writers that were killed mid-write (this machine's, whose process is
+    gone); a live writer's files, or another machine's, are left alone. Returns how many were deleted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+        m = _TEMP.match(p.name)
+        if m and m["host"] == HOST and not _alive(int(m["pid"])) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def _atomic(path: Path, writer: Callable[[Path], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}@{HOST}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

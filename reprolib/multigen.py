@@ -41,8 +41,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Profile, effective_precision, precision_dtype, resolve_device
-from .io import (REPO_ROOT, SIGNATURE_FILE, ChecksumError, atomic_save, atomic_write_json, download, repo_path,
-                 reset_if_changed)
+from .io import (REPO_ROOT, SIGNATURE_FILE, ChecksumError, atomic_save, atomic_write_json, download,
+                 remove_stale_temps, repo_path, reset_if_changed)
 from .models import (CHECKPOINTS, WORLD, ModelLoadError, SD14, checkpoint_label, load_checkpoint_components,
                      resolve_checkpoint)
 
@@ -406,6 +406,7 @@ def generate_images(pipe, items: Sequence[WorkItem], out_dir: str | os.PathLike,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bs = max(1, settings.batch_size)
+    remove_stale_temps(out_dir, recursive=False)          # half-written PNGs of a killed run
     mine = list(items)
     state = None
     if shard:

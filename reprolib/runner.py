@@ -31,6 +31,7 @@ NOTEBOOKS = ROOT / "notebooks"
 BOOK = ROOT / "book"
 STAGE_DIR = BOOK / "_stages"          # executed notebooks live inside the book, which glues from them
 CACHE_FILE = ".stage-cache.json"
+SOURCE = ROOT / "reprolib"          # the code whose digest is part of every stage's cache key
 
 #: Which earlier stages a stage reads from (its cache key includes theirs).
 UPSTREAM: dict[str, tuple[str, ...]] = {"02": ("01",), "03": ("02",), "04": ("02",), "05": ("02",),
@@ -74,8 +75,9 @@ def select_stages(stages: Sequence[Stage], only: Sequence[str] | None) -> list[S
     return [s for s in stages if s.id in wanted]
 
 
-def source_digest(root: Path = ROOT / "reprolib") -> str:
-    """Hash of reprolib's source: a code change invalidates every stage."""
+def source_digest(root: Path | None = None) -> str:
+    """Hash of reprolib's source (:data:`SOURCE` by default): a code change invalidates every stage."""
+    root = Path(root or SOURCE)
     h = hashlib.sha256()
     for p in sorted(root.rglob("*.py")):
         h.update(p.relative_to(root).as_posix().encode())

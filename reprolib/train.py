@@ -70,7 +70,7 @@ from tqdm.auto import tqdm
 from .attention import install_capture, uninstall_capture
 from .config import Profile, TrainConfig, effective_precision, precision_dtype, resolve_device
 from .distributed import process_state
-from .io import atomic_save, atomic_write_json
+from .io import atomic_save, atomic_write_json, remove_stale_temps
 from .losses import GroundingTargets, grounding_losses, resize_masks
 from .models import weights_identity
 
@@ -805,9 +805,32 @@ def _save_checkpoint(run: _Run, out: Path, step: int, rows: Sequence[Mapping[str
     return final
 
 
+def clean_interrupted(out_dir: str | Path) -> list[str]:
+    """Make an output folder consistent after a kill (SIGKILL runs no cleanup): a folder moved aside
+    (``.checkpoint-N.old``, ``.unet.old``) whose replacement never arrived is put back, unfinished folders
+    (``.checkpoint-N.tmp``, ``.unet.tmp``) and dead writers' temporary files are deleted. Returns what it did."""
+    out, done = Path(out_dir), []
+    for old in sorted(out.glob(".*.old")):
+        dest = out / old.name[1:-len(".old")]
+        if old.is_dir() and not dest.exists():
+            os.replace(old, dest)
+            done.append(f"restored {dest.name}")
+        elif old.is_dir():
+            shutil.rmtree(old)
+            done.append(f"removed {old.name}")
+    for tmp in sorted(out.glob(".*.tmp")):
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+            done.append(f"removed {tmp.name}")
+    n = remove_stale_temps(out)
+    return done + ([f"removed {n} temporary files"] if n else [])
+
+
 def _resume(run: _Run, out: Path, resume: bool) -> tuple[int, list[dict[str, Any]], str | None]:
     """Load the latest checkpoint (or delete them all when not resuming): step, log rows, its path."""
     acc = run.accelerator
+    if acc.is_main_process:
+        clean_interrupted(out)
     if not resume and acc.is_main_process:
         for _, p in list_checkpoints(out):
             shutil.rmtree(p)

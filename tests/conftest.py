@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from _require import SHARED_DATA, need_shared
+
 # Toy-sized kernels: one intra-op thread is faster than two, and far faster when the CPU is shared
 # (measured: the tiny pipeline ran 12x slower with 2 threads beside one other busy process).
 # REPROLIB_TEST_THREADS=2 runs the suite with two: float comparisons must hold for any thread count.
 THREADS = int(os.environ.get("REPROLIB_TEST_THREADS", "1"))
 torch.set_num_threads(THREADS)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokencompose"
+SHARED = SHARED_DATA
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +27,7 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    if not (SHARED / "metadata.jsonl").is_file():
-        pytest.skip(f"shared reference data not found at {SHARED}")
+    need_shared(SHARED / "metadata.jsonl")         # a failure in CI (REPROLIB_REQUIRE_SHARED=1)
     return SHARED
 
 

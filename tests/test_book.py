@@ -1,7 +1,8 @@
 """The built book, opened in a real headless Chromium as a reader would, offline; and the book's extension.
 
 The browser checks need a built book (``python -m reprolib run --profile tiny``) and Debian's ``chromium``.
-CI sets ``REPROLIB_REQUIRE_BOOK=1`` so that a missing book or browser fails instead of skipping. Chromium
+CI sets ``REPROLIB_REQUIRE_BOOK=1`` (``tests/_require.py``) so that a missing book or browser fails instead of
+skipping. Chromium
 runs with every host name unresolvable (nothing is fetched from a network), and a screenshot of every
 chapter is saved under ``build/screenshots/`` (CI's artifact).
 """
@@ -18,10 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _require import need
+
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "book" / "_build" / "html"
 SHOTS = ROOT / "build" / "screenshots"
-REQUIRED = os.environ.get("REPROLIB_REQUIRE_BOOK") == "1"
 FIGURES = {"multigen.html": 1, "attention.html": 1, "editing.html": 1, "miniworld.html": 1,
            "usability.html": 1, "ledger.html": 1}            # page: min figures (pages showing numbers)
 VERDICTS = ("supported", "not supported at 5 %", "contradicted", "table error", "needs the paper profile")
@@ -40,10 +42,7 @@ CHAPTERS = _chapters()
 
 
 def _need(cond: bool, why: str) -> None:
-    if not cond:
-        if REQUIRED:
-            pytest.fail(why)
-        pytest.skip(why)
+    need(cond, why, "book")
 
 
 def _chromium() -> str:

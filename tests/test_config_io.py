@@ -97,3 +97,19 @@ def test_download_verifies_checksum_and_skips_existing(tmp_path):
 def test_download_missing_url_names_it(tmp_path):
     with pytest.raises(OSError, match="download failed: file:///nonexistent"):
         download("file:///nonexistent/x.json", tmp_path / "x.json", progress=False)
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    """A SIGKILLed writer leaves its ``.name.pid<pid>@<host>.*.tmp``; only a dead writer's, on this machine,
+    is removed (a live writer, or a writer on another machine sharing the folder, keeps its file)."""
+    from reprolib import io as rio
+    rio.atomic_write_text(tmp_path / "a.txt", "x")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    names = {"dead": f".b.png.pid999999999@{rio.HOST}.ab_1.tmp", "live": f".c.png.pid{os.getpid()}@{rio.HOST}.x.tmp",
+             "other host": ".d.png.pid999999999@elsewhere.x.tmp", "not ours": ".e.png.tmp"}
+    (tmp_path / "sub").mkdir()
+    for n in names.values():
+        (tmp_path / "sub" / n).write_text("half")
+    assert rio.remove_stale_temps(tmp_path, recursive=False) == 0
+    assert rio.remove_stale_temps(tmp_path) == 1
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == sorted(v for k, v in names.items() if k != "dead")

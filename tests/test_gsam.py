@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from _require import need
 from reprolib import data, gsam
 from reprolib.data import DataError, Noun, Record
 
@@ -105,7 +106,7 @@ def test_annotate_writes_layout_and_nulls(tiny_set, tmp_path):
     assert len(recs) == 7
 
 
-def test_annotate_resumes_after_a_kill_without_redoing_work(tiny_set, tmp_path):
+def test_annotate_resumes_after_a_crash_without_redoing_work(tiny_set, tmp_path):
     root, rows = tiny_set
     ref = gsam.annotate(rows, root, tmp_path / "ref", FakeGSAM(), batch_size=2, progress=False).rows
     killed = FakeGSAM(die_after=4)                     # dies when asked for the 3rd batch
@@ -118,6 +119,53 @@ def test_annotate_resumes_after_a_kill_without_redoing_work(tiny_set, tmp_path):
     assert res.rows == ref
     third = FakeGSAM()
     assert gsam.annotate(rows, root, tmp_path / "run", third, progress=False).processed == 0 and third.images == 0
+
+
+_KILLED_ANNOTATION = """
+import torch
+torch.set_num_threads({threads})
+import _kill
+_kill.hang_in_write({pattern!r}, 1, {marker!r})        # SIGKILLed while writing the third image's first file
+import test_gsam as tg
+from reprolib import data, gsam
+root = {root!r}
+gsam.annotate(data.read_metadata(root + "/metadata.jsonl"), root, {out!r}, tg.tiny_gsam(), batch_size=1,
+              progress=False)
+"""
+
+
+def tiny_gsam():
+    """The tiny random Grounded-SAM (same weights in every process), thresholds 0 so that it finds boxes."""
+    from reprolib.miniworld import CATEGORIES
+    return gsam.GroundedSAM(*gsam.tiny_grounding_dino(CATEGORIES, seed=0), *gsam.tiny_sam("sam"),
+                            box_threshold=0.0, text_threshold=0.0)
+
+
+def test_annotation_sigkilled_mid_write_resumes_to_the_uninterrupted_result(tiny_set, tmp_path):
+    """Grounded-SAM SIGKILLed while writing the third image's masks, then resumed: the two finished images
+    are not redone, no half-written file is left, and records and masks equal an uninterrupted run's."""
+    import _kill
+    root, rows = tiny_set
+    rows = rows[:4]
+    ref = gsam.annotate(rows, root, tmp_path / "full", tiny_gsam(), batch_size=1, progress=False)
+    (tmp_path / "in").mkdir()
+    data.write_metadata(tmp_path / "in" / "metadata.jsonl", rows)
+    for r in rows:
+        (tmp_path / "in" / r["file_name"]).write_bytes((root / r["file_name"]).read_bytes())
+    out, marker = tmp_path / "killed", tmp_path / "marker"
+    third = f"*/{data.SEG_DIR}/{data.image_id(rows[2]['file_name'])}/*"
+    _kill.run_killed(_KILLED_ANNOTATION.format(threads=torch.get_num_threads(), pattern=third, marker=str(marker),
+                                               root=str(tmp_path / "in"), out=str(out)), marker.exists)
+    assert len(_kill.leftovers(out)) == 1 and not (out / "metadata.jsonl").exists()
+    res = gsam.annotate(rows, tmp_path / "in", out, tiny_gsam(), batch_size=1, progress=False)
+    assert (res.processed, res.skipped) == (2, 2) and res.rows == ref.rows
+    assert _kill.leftovers(out) == []
+    made = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert made == sorted(p.relative_to(tmp_path / "full") for p in (tmp_path / "full").rglob("*") if p.is_file())
+    for rel in made:
+        if rel.suffix == ".png":
+            assert (out / rel).read_bytes() == (tmp_path / "full" / rel).read_bytes(), rel
+    assert sum(len([p for _, p in r["attn_list"] if p]) for r in ref.rows) > 0         # masks were made
 
 
 def test_annotate_redoes_images_made_by_another_model(tiny_set, tmp_path):
@@ -283,7 +331,8 @@ def test_transformers_backend_bounds_boxes_per_call_without_changing_masks(tiny_
 # --------------------------------------------------------------------------- official backend (groundingdino-py, SAM-HQ)
 
 def _need_official():
-    """The official packages are part of the `gsam` extra that CI installs: missing there is a failure."""
+    """The official packages are part of the `gsam` extra that CI installs: missing there is a failure
+    (``CI`` or ``REPROLIB_REQUIRE_GSAM=1``)."""
     import os
     try:
         from reprolib.gsam_official import require_packages
@@ -291,7 +340,7 @@ def _need_official():
     except ImportError as e:
         if os.environ.get("CI"):
             raise
-        pytest.skip(str(e))
+        need(False, str(e), "gsam")
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,63 @@ def test_multi_token_word_is_averaged_then_words_averaged_and_layers_summed():
     assert two.item() == pytest.approx(2 * one.item())                           # summed over layers
 
 
+def _maps_2x2(layers) -> list[torch.Tensor]:
+    """Per layer ``(heads, 4, 5)`` maps of a 2×2 image over 5 tokens from ``[[{token: 4 pixel values}]]``."""
+    out = []
+    for heads in layers:
+        m = torch.zeros(len(heads), 4, 5, dtype=torch.float64)
+        for h, tokens in enumerate(heads):
+            for t, values in tokens.items():
+                m[h, :, t] = torch.tensor(values, dtype=torch.float64)
+        out.append(m)
+    return out
+
+
+def _bce(pred, mask) -> float:
+    """nn.BCELoss by hand: mean over the pixels of −log p (mask 1) or −log(1 − p) (mask 0)."""
+    return -sum(math.log(p if y else 1 - p) for p, y in zip(pred, mask)) / len(pred)
+
+
+TOP_LEFT, TOP_ROW = [1, 0, 0, 0], [1, 1, 0, 0]
+
+
+@pytest.mark.parametrize("layers, words, masks, expected", [
+    # a word's tokens are summed: [.3,.1,0,0] + [.2,.1,.1,0] = [.5,.2,.1,0]
+    ([[{1: [.3, .1, 0, 0], 2: [.2, .1, .1, 0]}]], [[1, 2]], [TOP_LEFT], _bce([.5, .2, .1, 0], TOP_LEFT)),
+    # three tokens summed, a two-pixel mask: [.4,.3,.1,.3]
+    ([[{1: [.1, .2, 0, .1], 2: [.1, 0, .1, .1], 3: [.2, .1, 0, .1]}]], [[1, 2, 3]], [TOP_ROW],
+     _bce([.4, .3, .1, .3], TOP_ROW)),
+    # two words, one of two tokens: each word's BCE, averaged over words
+    ([[{1: [.6, .1, .1, .1], 3: [0, .3, .1, 0], 4: [0, .2, .1, .1]}]], [[1], [3, 4]], [TOP_LEFT, [0, 1, 0, 0]],
+     (_bce([.6, .1, .1, .1], TOP_LEFT) + _bce([0, .5, .2, .1], [0, 1, 0, 0])) / 2),
+])
+def test_pixel_loss_sums_a_words_tokens(layers, words, masks, expected):
+    m = torch.tensor(masks, dtype=torch.float64).reshape(-1, 2, 2)
+    assert pixel_loss_sample(_maps_2x2(layers), words, m).item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("layers, words, masks, expected", [
+    # two layers, one head: ([.6,.2,.2,0] + [.2,.2,.2,.4]) / 2 = [.4,.2,.2,.2]
+    ([[{1: [.6, .2, .2, 0]}], [{1: [.2, .2, .2, .4]}]], [[1]], [TOP_LEFT], _bce([.4, .2, .2, .2], TOP_LEFT)),
+    # three layers of two heads: heads averaged, then layers: ([.8,.1,.05,.05] + [.5,.2,.2,.1] + [.2,.3,.25,.25]) / 3
+    ([[{1: [.9, .1, 0, 0]}, {1: [.7, .1, .1, .1]}], [{1: [.5, .2, .2, .1]}] * 2, [{1: [.2, .3, .25, .25]}] * 2],
+     [[1]], [TOP_LEFT], _bce([.5, .2, 1 / 6, 2 / 15], TOP_LEFT)),
+    # average over layers, then the word's two tokens summed: token 2 [.2,.1,0,0] | [0,.1,.2,0] -> [.1,.1,.1,0];
+    # token 3 [.3,0,0,.1] | [.1,.2,0,.1] -> [.2,.1,0,.1]; sum [.3,.2,.1,.1]
+    ([[{2: [.2, .1, 0, 0], 3: [.3, 0, 0, .1]}], [{2: [0, .1, .2, 0], 3: [.1, .2, 0, .1]}]], [[2, 3]], [TOP_ROW],
+     _bce([.3, .2, .1, .1], TOP_ROW)),
+    # one layer of three heads: ([.3,.3,.3,.1] + [.6,0,.3,.1] + [0,.3,0,.7]) / 3 = [.3,.2,.2,.3]
+    ([[{1: [.3, .3, .3, .1]}, {1: [.6, 0, .3, .1]}, {1: [0, .3, 0, .7]}]], [[1]], [TOP_ROW],
+     _bce([.3, .2, .2, .3], TOP_ROW)),
+    # two words over two layers, averaged over words: [.4,.1,.1,.1] and [0,0,.3,.3]
+    ([[{1: [.5, .1, .1, .1], 2: [0, 0, .4, .2]}], [{1: [.3, .1, .1, .1], 2: [0, 0, .2, .4]}]], [[1], [2]],
+     [TOP_LEFT, [0, 0, 1, 1]], (_bce([.4, .1, .1, .1], TOP_LEFT) + _bce([0, 0, .3, .3], [0, 0, 1, 1])) / 2),
+])
+def test_pixel_loss_averages_heads_and_layers_of_the_group(layers, words, masks, expected):
+    m = torch.tensor(masks, dtype=torch.float64).reshape(-1, 2, 2)
+    assert pixel_loss_sample(_maps_2x2(layers), words, m).item() == pytest.approx(expected, rel=1e-12)
+
+
 def test_mask_resize_matches_original_quirks():
     mask = torch.zeros(1, 4, 4)
     mask[0, 0, 0] = 1.0

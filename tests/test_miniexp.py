@@ -48,7 +48,6 @@ def test_random_base_has_sd_like_groups(random_base):
     assert 2 ** (len(comps.vae.config.block_out_channels) - 1) == 4    # 64² images -> 16² latents
 
 
-@pytest.mark.skipif(not (SHIPPED / "unet" / "config.json").is_file(), reason="base model not shipped yet")
 def test_shipped_base_loads_and_generates():
     from reprolib.models import clip_tokenizer, load_components
     comps = load_components(str(SHIPPED))
@@ -138,10 +137,42 @@ def test_detect_set_matches_detector(random_base):
         assert {c for c, p in zip(r["classes"], r["scores"]) if p >= 0.5} == present(det, s.image[None])[0]
 
 
-def test_toy_end_to_end(random_base, tmp_path):
+def _weights(unet) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in unet.state_dict().items()}
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_toy_end_to_end(random_base, tmp_path, monkeypatch):
+    """The whole run on a random base; each arm generates (and is measured) with its own UNet: the base's
+    weights for ``base``, each fine-tune's exported weights for its arm, and the arms' images differ."""
+    from reprolib.models import load_unet
     P = load_profile("tiny")
     size = miniexp.experiment_size("toy", gen_batch=2)
+    used = []                                       # the UNet weights each generate_set call ran with
+    real_generate = miniexp.generate_set
+
+    def spy(components, *args, **kw):
+        used.append(_weights(components.unet))
+        return real_generate(components, *args, **kw)
+
+    monkeypatch.setattr(miniexp, "generate_set", spy)
     res = miniexp.run_experiment(P, size, tmp_path, base=random_base, progress=False)
+    assert len(used) == 3                           # base, tokencompose, finetune (table order)
+    expected = [_weights(load_unet(str(random_base)))] + [_weights(load_unet(str(tmp_path / a / "unet")))
+                                                          for a in ("tokencompose", "finetune")]
+    for arm, u, e in zip(miniexp.ARMS, used, expected):
+        assert _same_weights(u, e), f"arm {arm} did not generate with its own UNet"
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not _same_weights(expected[i], expected[j]), (miniexp.ARMS[i], miniexp.ARMS[j])
+    for a, b in (("base", "tokencompose"), ("base", "finetune"), ("tokencompose", "finetune")):
+        assert any(not np.array_equal(res.images[a][k], res.images[b][k]) for k in res.images[a]), (a, b)
+        ma = res.mass[res.mass["checkpoint"] == a]["mass"].to_numpy()
+        mb = res.mass[res.mass["checkpoint"] == b]["mass"].to_numpy()
+        assert len(ma) == len(mb) and not np.array_equal(ma, mb), (a, b)
     assert set(res.scores["checkpoint"]) == set(miniexp.ARMS) and len(res.scores) == 15
     assert res.scores["mean"].between(0, 100).all()
     assert len(res.paired) == 15 and set(res.paired["a"]) == {"tokencompose", "finetune"}
@@ -171,7 +202,6 @@ def test_base_check_reads_record(tmp_path):
     assert miniexp.base_check(tmp_path / "missing").empty
 
 
-@pytest.mark.skipif(not (SHIPPED / "unet" / "config.json").is_file(), reason="base model not shipped yet")
 def test_shipped_base_draws_the_shape_it_is_asked_for():
     """The premise of the miniature replication: the shipped base draws single shapes on request (its
     GPU training record says 93 % over 100 prompts); here 20 fresh CPU samples, seeds fixed."""

@@ -4,17 +4,17 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from _require import SHARED_DATA, need_shared
 from reprolib import miniworld as mw
 from reprolib import worlddetector as wd
 from reprolib.miniworld import CATEGORIES, caption_for, render_scene, sample_scenes
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data/tokencompose"
+SHARED = SHARED_DATA
 
 
 # --------------------------------------------------------------------------- vocabulary and captions
@@ -44,8 +44,7 @@ def test_caption_wording_by_hand():
 @pytest.mark.parametrize("name", ["coco", "ade20k"])
 def test_caption_reproduces_every_multigen_prompt(name):
     path = SHARED / f"{name}_obj_comp_5_1k.json"
-    if not path.exists():
-        pytest.skip(f"{path} absent")
+    need_shared(path)
     records = json.loads(path.read_text())
     for r in records:
         nouns = [" ".join(r[f"obj_{i}_attributes"]) for i in range(1, r["num_objects"] + 1)]

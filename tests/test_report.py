@@ -24,6 +24,23 @@ def test_provenance_records_what_the_book_shows(tmp_path):
     assert table.loc["profile", "value"] == "tiny" and "package diffusers" in table.index
 
 
+def test_start_stage_applies_the_profiles_thread_count_over_what_was_set_before():
+    """The profile's runtime is applied by the stage itself, not inherited from the caller (conftest sets 1
+    thread for the suite; here the process starts at another count first, each time)."""
+    before = torch.get_num_threads()
+    try:
+        for preset, threads in ((3, 1), (1, 2), (2, 3)):
+            torch.set_num_threads(preset)
+            P = load_profile("tiny", {"cpu_threads": threads})
+            prov = start_stage("03", P)
+            assert torch.get_num_threads() == threads and prov.runtime == {"torch_threads": threads}
+        torch.set_num_threads(2)
+        start_stage("03", load_profile("paper"))          # no setting (paper profile): the caller's count is kept
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_banner_says_what_tiny_numbers_are():
     world = banner_html(load_profile("tiny"))                     # the default: the miniature world
     assert TINY_WORLD_BANNER in world and "toy world" in world and "not results about Stable Diffusion" in world

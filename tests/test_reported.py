@@ -1,14 +1,12 @@
 """Reported data: the report's tables shipped as printed, with their source; the publication tables."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
+from _require import SHARED_REPORT, need_shared
 from reprolib import reported as R
 
-SHARED_REPORT = Path(__file__).resolve().parents[2] / "shared" / "data" / "report"
 SOURCE_PARTS = ("Martinez", "TokenCompose: Text-to-Image Diffusion with Token-level Supervision",
                 "Télécom Paris", "2025-01-13")
 
@@ -17,8 +15,7 @@ SOURCE_PARTS = ("Martinez", "TokenCompose: Text-to-Image Diffusion with Token-le
 def test_shipped_copies_are_the_hand_checked_tables_with_their_source(name, table):
     ours = pd.read_csv(R.DATA / "report" / name)
     assert all(all(p in s for p in SOURCE_PARTS) and s.endswith(table) for s in ours["source"])
-    if not (SHARED_REPORT / name).is_file():
-        pytest.skip(f"shared copy not found at {SHARED_REPORT / name}")
+    need_shared(SHARED_REPORT / name)
     shared = pd.read_csv(SHARED_REPORT / name)
     pd.testing.assert_frame_equal(ours.drop(columns="source"), shared)
 

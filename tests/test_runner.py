@@ -54,6 +54,44 @@ def test_parameter_or_upstream_change_reruns_downstream(stages):
     assert r == [("01", "ran"), ("02", "ran")]                       # 02 reads 01: re-runs too
 
 
+def test_source_change_invalidates_every_stage(stages, tmp_path, monkeypatch):
+    """reprolib's source is part of every key: editing, adding or renaming a library file re-runs all
+    stages (dvc's "dependency changed"), while an untouched source keeps them cached."""
+    import shutil
+    nbs, out, log = stages
+    src = tmp_path / "src"
+    shutil.copytree(runner.SOURCE, src, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(runner, "SOURCE", src)
+    quiet = dict(notebooks=nbs, stage_dir=out, log=lambda *_: None)
+    assert runner.run_stages("tiny", {}, **quiet) == [("01", "ran"), ("02", "ran")]
+    assert runner.run_stages("tiny", {}, **quiet) == [("01", "cached"), ("02", "cached")]
+    digests = {runner.source_digest()}
+    for change in (lambda: (src / "losses.py").write_text((src / "losses.py").read_text() + "\n# edited\n"),
+                   lambda: (src / "extra.py").write_text("X = 1\n"),
+                   lambda: (src / "extra.py").rename(src / "extra2.py")):
+        change()
+        digests.add(runner.source_digest())
+        assert runner.stage_states("tiny", {}, out, nbs)[0].state == "stale"
+        assert runner.run_stages("tiny", {}, **quiet) == [("01", "ran"), ("02", "ran")]
+    assert len(digests) == 4 and len(log.read_text().splitlines()) == 8
+
+
+def test_deleted_executed_notebook_reruns_that_stage(stages):
+    """A cache entry whose executed notebook is gone is not "cached": that stage runs again (its
+    upstream, still present and unchanged, stays cached), and the book's check calls it missing."""
+    nbs, out, log = stages
+    quiet = dict(notebooks=nbs, stage_dir=out, log=lambda *_: None)
+    runner.run_stages("tiny", {}, **quiet)
+    (out / "02_second.ipynb").unlink()
+    assert [s.state for s in runner.stage_states("tiny", {}, out, nbs)] == ["fresh", "missing"]
+    assert runner.run_stages("tiny", {}, **quiet) == [("01", "cached"), ("02", "ran")]
+    (out / "01_first.ipynb").unlink()
+    assert runner.run_stages("tiny", {}, only=["01"], **quiet) == [("01", "ran")]
+    assert (out / "01_first.ipynb").is_file()
+    assert log.read_text().splitlines() == ["01_first tiny {}", "02_second tiny {}", "02_second tiny {}",
+                                            "01_first tiny {}"]
+
+
 def test_failing_stage_names_partial_notebook_and_keeps_earlier(stages):
     nbs, out, _ = stages
     runner.run_stages("tiny", {}, notebooks=nbs, stage_dir=out, log=lambda *_: None)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from _floats import assert_close_scaled
+from _floats import assert_close_scaled, assert_update_close
 from reprolib import train as T
 from reprolib.config import load_profile
 from reprolib.losses import GroundingTargets, grounding_losses
@@ -147,8 +147,8 @@ def test_fast_and_faithful_paths_match_in_fp32(tokenizer, tmp_path):
     (slow, g_slow), (fast, g_fast) = runs["faithful"], runs["fast"]
     assert slow.summary["plan"]["grad_accum"] == 4 and fast.summary["plan"]["per_device_batch"] == 4
     assert list(slow.log["samples"]) == list(fast.log["samples"]) == [4, 2]
-    cols = ["loss", "denoise", "token", "pixel"] + [f"token/{g}" for g in LAYERS]
-    for c in cols:
+    cols = ["loss", "denoise", "token", "pixel", "grad_norm"] + [f"token/{g}" for g in LAYERS]
+    for c in cols:                                     # grad_norm is the norm before clipping
         assert_close_scaled(fast.log[c].to_numpy(), slow.log[c].to_numpy(), rtol=1e-5, msg=c)
     assert (slow.log["token"] > 0).all() and (slow.log["pixel"] > 0).all()
     for other in (g_fast, runs["fast_ckpt"][1]):
@@ -158,7 +158,26 @@ def test_fast_and_faithful_paths_match_in_fp32(tokenizer, tmp_path):
                 assert_close_scaled(other[step][k], ref, rtol=1e-4, msg=f"step {step} {k}")
 
 
-def test_resume_after_kill_matches_uninterrupted_run_and_exports(tokenizer, tmp_path):
+def test_short_last_batch_weighs_as_in_batch_one_accumulation(tokenizer, tmp_path):
+    """The epoch's short last step (6 = 4 + 2) sums its 2 samples' gradients, each divided by 4, on both
+    paths. Clipping is off (max_grad_norm huge), so a weight of 2/4 vs 1 cannot hide behind a clipped norm."""
+    data = make_examples(tokenizer, 6, seed=3)
+    grads: dict = {}
+    logs = {}
+    for name, faithful in (("faithful", True), ("fast", False)):
+        grads[name] = {}
+        res = T.train(profile(faithful=faithful, max_grad_norm=1e9, adam_epsilon=1.0), data, tmp_path / name,
+                      components=micro_components(tokenizer), grad_hook=grads_of(grads[name]), progress=False)
+        logs[name] = res.log
+    assert logs["fast"]["samples"].tolist() == [4, 2]
+    assert_close_scaled(logs["fast"]["grad_norm"], logs["faithful"]["grad_norm"], rtol=1e-5, msg="grad_norm")
+    for step in (1, 2):
+        for k, ref in grads["faithful"][step].items():
+            assert_close_scaled(grads["fast"][step][k], ref, rtol=1e-4, msg=f"step {step} {k}")
+
+
+def test_resume_after_a_stop_matches_uninterrupted_run_and_exports(tokenizer, tmp_path):
+    """A clean stop at a step boundary (``stop_at``), resumed; the real SIGKILL is the ``sigkilled`` test."""
     data = make_examples(tokenizer, 6, seed=1)
     P = profile(faithful=False, steps=4, checkpointing_steps=2, checkpoints_total_limit=1)
     full = T.train(P, data, tmp_path / "full", components=micro_components(tokenizer), progress=False)
@@ -197,6 +216,65 @@ def test_resume_after_kill_matches_uninterrupted_run_and_exports(tokenizer, tmp_
                 components=micro_components(tokenizer), progress=False)
 
 
+_KILLED_TRAINING = """
+import torch
+torch.set_num_threads({threads})
+import _kill
+_kill.hang_in_write("*/.checkpoint-3.tmp/log.csv", 1, {marker!r})    # SIGKILLed while checkpoint 3 is written
+import test_train as tt
+from reprolib import train as T
+from reprolib.models import clip_tokenizer
+tok = clip_tokenizer()
+T.train(tt.KILL_PROFILE(), tt.make_examples(tok, 6, seed=1), {out!r}, components=tt.micro_components(tok),
+        progress=False)
+"""
+
+
+def KILL_PROFILE():
+    return profile(faithful=False, steps=5, checkpointing_steps=1, checkpoints_total_limit=2)
+
+
+def test_training_sigkilled_mid_checkpoint_resumes_to_the_uninterrupted_result(tokenizer, tmp_path):
+    """A training process SIGKILLed while writing checkpoint 3 (accelerate's state saved, its log half
+    written, the folder not yet renamed), then resumed: the unfinished checkpoint is discarded, training
+    restarts from checkpoint 2 (steps 3-5 only), and the log and exported weights equal an uninterrupted run's."""
+    import _kill
+    data = make_examples(tokenizer, 6, seed=1)
+    full = T.train(KILL_PROFILE(), data, tmp_path / "full", components=micro_components(tokenizer), progress=False)
+    out, marker = tmp_path / "killed", tmp_path / "marker"
+    _kill.run_killed(_KILLED_TRAINING.format(threads=torch.get_num_threads(), marker=str(marker), out=str(out)),
+                     marker.exists)
+    assert [s for s, _ in T.list_checkpoints(out)] == [1, 2] and (out / ".checkpoint-3.tmp").is_dir()
+    assert any(n.startswith(".checkpoint-3.tmp/.log.csv.") for n in _kill.leftovers(out))    # the half-written log
+    again = T.train(KILL_PROFILE(), data, out, components=micro_components(tokenizer), progress=False)
+    assert again.summary["resumed_from"].endswith("checkpoint-2") and again.summary["steps_this_call"] == 3
+    assert _kill.leftovers(out) == [] and [s for s, _ in T.list_checkpoints(out)] == [4, 5]
+    cols = [c for c in full.log.columns if c != "grad_norm"]
+    np.testing.assert_array_equal(again.log[cols].to_numpy(float), full.log[cols].to_numpy(float))
+    a, b = load_unet(str(full.unet_dir)).state_dict(), load_unet(str(again.unet_dir)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_clean_interrupted_restores_a_checkpoint_moved_aside_and_drops_unfinished_ones(tmp_path):
+    """A kill between "move the old checkpoint-N aside" and "move the new one in" leaves only
+    ``.checkpoint-N.old``: it is put back. Unfinished folders and dead writers' temporary files go."""
+    old = tmp_path / ".checkpoint-4.old"
+    old.mkdir()
+    (old / T.STATE_FILE).write_text("{}")
+    (tmp_path / ".checkpoint-5.tmp").mkdir()
+    (tmp_path / ".unet.tmp").mkdir()
+    kept = tmp_path / ".checkpoint-2.old"
+    kept.mkdir()
+    (tmp_path / "checkpoint-2").mkdir()                  # its replacement did arrive: the old copy goes
+    from reprolib.io import HOST
+    (tmp_path / f".log.csv.pid999999999@{HOST}.x1.tmp").write_text("half")
+    done = T.clean_interrupted(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert (tmp_path / "checkpoint-4" / T.STATE_FILE).is_file()
+    assert done == ["removed .checkpoint-2.old", "restored checkpoint-4", "removed .checkpoint-5.tmp",
+                    "removed .unet.tmp", "removed 1 temporary files"]
+
+
 def test_lambda_zero_is_a_plain_diffusion_fine_tune_step(tokenizer, tmp_path):
     """With λ = 0 nothing is captured and one step equals a hand-written SD fine-tuning step.
 
@@ -216,23 +294,29 @@ def test_lambda_zero_is_a_plain_diffusion_fine_tune_step(tokenizer, tmp_path):
     assert all(isinstance(p, AttnProcessor2_0) for p in comps.unet.attn_processors.values())
     assert not res.summary["grounding_losses"] and "token" not in res.log.columns
 
+    # the hand-written step, in float64: the comparisons then measure only the trainer's fp32 rounding
     ref = micro_components(tokenizer)
+    f64 = torch.float64
+    for m in (ref.unet, ref.vae, ref.text_encoder):
+        m.to(f64)
     order = list(T.EpochSampler(len(data), P.train.seed, 4))[:4]
     sched = ref.scheduler
-    px = torch.stack([data[i]["pixel_values"] for _, i in order])
+    px = torch.stack([data[i]["pixel_values"] for _, i in order]).to(f64)
     draws = [T.draw_sample_noise(P.train.seed, pos, (4, 16, 16), 1000) for pos, _ in order]
     with torch.no_grad():
         dist = ref.vae.encode(px).latent_dist
-        latents = (dist.mean + dist.std * torch.stack([d["posterior_eps"] for d in draws])) * 0.18215
+        latents = (dist.mean + dist.std * torch.stack([d["posterior_eps"] for d in draws]).to(f64)) * 0.18215
         ids = torch.stack([T.tokenize(tokenizer, data[i]["text"]) for _, i in order])
         enc = ref.text_encoder(ids)[0]
-    noise = torch.stack([d["noise"] for d in draws])
+    noise = torch.stack([d["noise"] for d in draws]).to(f64)
     t = torch.stack([d["timestep"] for d in draws])
-    pred = ref.unet(sched.add_noise(latents, noise, t), t, enc).sample
+    noisy = sched.add_noise(latents, noise, t)
+    assert noisy.dtype == f64
+    pred = ref.unet(noisy, t, enc).sample
     loss = F.mse_loss(pred, noise)
     loss.backward()
     assert res.log["loss"].iloc[0] == pytest.approx(loss.item(), rel=1e-5)
-    for k, p in ref.unet.named_parameters():
+    for k, p in ref.unet.named_parameters():         # measured worst: 0.05 of rtol (1 or 2 threads)
         assert_close_scaled(grads[1][k], p.grad, rtol=1e-4, msg=k)
     start = {k: v.clone() for k, v in ref.unet.state_dict().items()}
     c = P.train
@@ -241,7 +325,7 @@ def test_lambda_zero_is_a_plain_diffusion_fine_tune_step(tokenizer, tmp_path):
     opt.step()
     trained = load_unet(str(res.unet_dir)).state_dict()
     for k, v in ref.unet.state_dict().items():
-        assert_close_scaled(trained[k] - start[k], v - start[k], rtol=1e-4, msg=f"update of {k}")
+        assert_update_close(trained[k], start[k], v - start[k], rtol=1e-4, msg=f"update of {k}")
 
 
 # --------------------------------------------------------------------------- bad inputs

@@ -1,0 +1,1 @@
+"""Tests that kill mutmut survivors of reprolib.attention (see tests/MUTATION.md)."""

@@ -1,0 +1,1 @@
+"""Tests that kill mutmut survivors of reprolib.multigen (see tests/MUTATION.md)."""

@@ -273,3 +273,19 @@ def test_verdicts_hand_cases():
     assert v["ours − reported"].tolist() == [10.0, 0.0, 1.0, 10.0] and v["reported as"].iloc[0] == "Report A"
     empty = mg.verdicts(scores, rep, {})
     assert empty.empty and list(empty.columns) == list(v.columns)
+
+
+def test_score_run_interval_uses_its_bootstrap_options_on_spread_data():
+    """Many prompts with uneven image counts: the interval moves with n_boot and the seed."""
+    rng = np.random.default_rng(5)
+    records = [mg.make_record(i, CATS) for i in range(25)]
+    results = {mg.image_id(p, j): d(*[(c, 0.9) for c in CATS[:int(rng.integers(0, 6))]])
+               for p in range(25) for j in range(int(rng.integers(1, 10)))}
+    cells = mg.cell_table(results, records)
+    default = mg.score_run(results, records)
+    assert [(r.ci_low, r.ci_high) for r in default.itertuples()] == [mg.bootstrap_ci(cells, k) for k in range(1, 6)]
+    seeded = mg.score_run(results, records, n_boot=300, seed=3)
+    assert [(r.ci_low, r.ci_high) for r in seeded.itertuples()] == [mg.bootstrap_ci(cells, k, 300, 3)
+                                                                     for k in range(1, 6)]
+    assert [(r.ci_low, r.ci_high) for r in seeded.itertuples()] != [mg.bootstrap_ci(cells, k, 300, 0)
+                                                                     for k in range(1, 6)]

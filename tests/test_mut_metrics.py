@@ -203,3 +203,35 @@ def test_summarise_by_one_or_two_columns_keeps_their_order():
     assert list(dict.fromkeys(k[:2] for k in two.index)) == [("a", 0), ("b", 0), ("a", 1)]
     assert two.loc[("a", 1, "all"), "Structure distance ×10³"] == pytest.approx(4.0)
     assert mt.summarise(_table(), by=("checkpoint",)).index.names == ["checkpoint", "category"]
+
+
+def test_score_records_reads_grey_sources_as_rgb_and_keeps_its_columns_when_empty(tmp_path):
+    root = tmp_path / "pie"
+    records, src = _record_set(root)
+    Image.fromarray(src[..., 0]).save(records[0].source_path)                  # an 8-bit grey source
+    (tmp_path / "ed" / "a").mkdir(parents=True)
+    Image.fromarray(src).save(tmp_path / "ed" / "a" / "x.png")
+    df = mt.score_records(records, tmp_path / "ed", FakeModels(), progress=False)
+    assert df.loc[0, "structure_distance"] == 0.0
+    empty = mt.score_records([], tmp_path / "ed", FakeModels(), progress=False)
+    assert empty.empty and list(empty.columns) == list(df.columns)
+    with pytest.raises(ValueError, match="^src: expected an"):
+        mt.score_pair(np.zeros((2, 2)), src, np.zeros((2, 2)), "p", FakeModels())
+
+
+def test_summarise_columns_are_the_paper_labels_then_n():
+    assert list(mt.summarise(_table()).columns) == ["Structure distance ×10³", "PSNR", "n"]
+
+
+def test_dino_keys_names_a_model_that_never_ran_its_last_key_projection():
+    class Silent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([torch.nn.Module()])
+            self.layers[0].attention = torch.nn.Module()
+            self.layers[0].attention.k_proj = torch.nn.Linear(2, 2)
+
+        def forward(self, pixel_values):
+            return pixel_values
+    with pytest.raises(mt.ModelLoadError, match="^the key projection hook did not fire$"):
+        mt.dino_keys(Silent(), torch.zeros(1, 3, 2, 2))

@@ -115,6 +115,7 @@ def _rec(blended: str, editing_prompt: str):
 
 def test_target_word_cases():
     assert ed.target_word(_rec("cat dog", "a [dog]")) == "dog"
+    assert ed.target_word(_rec("cat dog", "a [big puppy]")) == "dog"          # two blended words win
     assert ed.target_word(_rec("cat", "a [big red] cat")) == "red"              # longest; ties go to the later
     assert ed.target_word(_rec("cat", "a photo")) == "cat"
     assert ed.target_word(_rec("", "a photo")) is None
@@ -231,6 +232,15 @@ def test_table2_layout_and_message():
 def test_attention_for_tokens_messages_name_the_group():
     with pytest.raises(ed.EditingError, match="^no attention recorded: pass attention_layers to blended_latent_diffusion$"):
         ed.attention_for_tokens([], "up_16", [1])
-    steps = [{"up_2": torch.ones(4, 77)}, {"up_2": torch.ones(4, 77)}, {"mid_1": torch.ones(1, 77)}]
+    steps = [{"up_2": torch.ones(4, 77)}, {"mid_1": torch.ones(1, 77)}]      # the first step decides
     with pytest.raises(ed.EditingError, match=r"^no attention recorded for layer group 'mid_1'; have \['up_2'\]$"):
         ed.attention_for_tokens(steps, "mid_1", [1])
+
+
+def test_edit_records_times_each_record_in_milliseconds(tmp_path, monkeypatch):
+    records = _pie(tmp_path / "pie")
+    monkeypatch.setattr(ed, "blended_latent_diffusion", lambda c, image, *a, **k: SimpleNamespace(image=image))
+    clock = iter([10.0])                                  # the start, then 12.34567 for any later reading
+    monkeypatch.setattr(ed.time, "perf_counter", lambda: next(clock, 12.34567))
+    df = ed.edit_records(records, None, tmp_path / "out", ed.BLDOptions(resolution=8), progress=False)
+    assert df["seconds"].tolist() == [2.346]

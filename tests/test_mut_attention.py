@@ -114,3 +114,14 @@ def test_install_capture_defaults_string_group_self_capture_and_error(tiny_unet)
 def test_split_spatial_names_a_non_square_map():
     with pytest.raises(ValueError, match="^attention map of 6 positions is not square$"):
         split_spatial(torch.zeros(6, 3))
+
+
+def test_processor_runs_in_bfloat16_without_autocast():
+    # probabilities are fp32; the value product must cast them back to the values' dtype
+    torch.manual_seed(2)
+    attn = Attention(query_dim=8, cross_attention_dim=6, heads=2, dim_head=4).to(torch.bfloat16).eval()
+    x, ctx = torch.randn(1, 5, 8, dtype=torch.bfloat16), torch.randn(1, 3, 6, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ours, ref, probs = _run_both(attn, x, encoder_hidden_states=ctx)
+    assert ours.dtype == torch.bfloat16 and probs.dtype == torch.float32
+    assert_close_scaled(ours.float(), ref.float(), rtol=2e-2)

@@ -198,3 +198,100 @@ def test_load_cache_of_an_empty_folder_is_empty(tmp_path):
     assert runner.load_cache(tmp_path) == {}
     (tmp_path / runner.CACHE_FILE).write_text('{"01": {"key": "k"}}')
     assert runner.load_cache(tmp_path) == {"01": {"key": "k"}}
+
+
+def test_run_stages_logs_times_kernel_and_progress_bar(world, monkeypatch):
+    import time as real_time
+    from types import SimpleNamespace
+    nbs, out, ran, code, quiet = world
+    kernels = []
+    monkeypatch.setattr(runner, "execute_stage", lambda st, o, p, kernel="?": (kernels.append(kernel), o.write_text("{}")))
+    clock = iter([100.0])                                          # each stage starts at 100 s and ends at 112.345 s
+    monkeypatch.setattr(runner, "time", SimpleNamespace(time=lambda: next(clock, 112.345), strftime=real_time.strftime))
+    bars = []
+    orig = runner.tqdm
+    monkeypatch.setattr(runner, "tqdm", lambda *a, **kw: bars.append(kw) or orig(*a, **kw))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    logs = []
+    deep = out / "a" / "b"
+    runner.run_stages("tiny", {}, only=["01"], notebooks=nbs, stage_dir=deep, log=logs.append)
+    assert "MPLBACKEND" not in __import__("os").environ
+    assert kernels == ["python3"] and bars == [{"desc": "stages", "unit": "stage", "disable": None}]
+    assert logs == ["[01] 01_a: running with profile 'tiny'", f"[01] 01_a: done in 12 s → {deep / '01_a.ipynb'}"]
+    entry = json.loads((deep / runner.CACHE_FILE).read_text())["01"]
+    assert entry["seconds"] == 12.3
+    assert __import__("re").fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}", entry["finished"])
+    logs.clear()
+    runner.run_stages("tiny", {}, only=["01"], notebooks=nbs, stage_dir=deep, log=logs.append)
+    assert logs == ["[01] 01_a: up to date (cached)"]
+
+
+def test_run_stages_bad_profile_no_notebooks_and_a_crash_forgets_the_stage(world, monkeypatch, tmp_path):
+    nbs, out, ran, code, quiet = world
+    with pytest.raises(Exception, match="nope"):
+        runner.run_stages("nope", {}, **quiet)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"^no stage notebooks \(0\*_\*\.ipynb\) in "):
+        runner.run_stages("tiny", {}, notebooks=tmp_path / "empty", stage_dir=out, log=lambda *_: None)
+    runner.run_stages("tiny", {}, only=["01"], **quiet)
+    code["digest"] = "changed"
+
+    def crash(*a, **kw):
+        raise RuntimeError("kernel died")
+    monkeypatch.setattr(runner, "execute_stage", crash)
+    with pytest.raises(RuntimeError):
+        runner.run_stages("tiny", {}, only=["01"], **quiet)
+    assert json.loads((out / runner.CACHE_FILE).read_text()) == {}     # the stale entry is gone before the run
+
+
+def test_a_missing_upstream_notebook_still_gives_consistent_keys(tmp_path, monkeypatch):
+    nbs = tmp_path / "nb"
+    nbs.mkdir()
+    for name in ("02_b", "03_c"):                                        # 01 absent: 02's upstream key is ""
+        (nbs / f"{name}.ipynb").write_text(name)
+    monkeypatch.setattr(runner, "execute_stage", lambda st, o, p, kernel="python3": o.write_text("{}"))
+    runner.run_stages("tiny", {}, notebooks=nbs, stage_dir=tmp_path / "out", log=lambda *_: None)
+    assert [s.state for s in runner.stage_states("tiny", {}, tmp_path / "out", nbs)] == ["fresh", "fresh"]
+    st = runner.discover_stages(nbs)[0]
+    assert runner.stage_key(st, {}, [""], "c") == runner.stage_key(st, {}, [""], "c")
+
+
+def test_last_run_ignores_junk_and_entries_without_a_time(tmp_path):
+    (tmp_path / runner.CACHE_FILE).write_text(json.dumps({
+        "01": {"profile": "paper", "overrides": {"seed": 4}, "finished": "2026-01-01T00:00:00"},
+        "02": {"profile": "tiny"}, "03": "junk", "04": {}}))
+    assert runner.last_run(tmp_path) == ("paper", {"seed": 4})
+
+
+def test_stage_key_hashes_non_json_parameters_by_their_text(tmp_path):
+    from pathlib import Path
+    (tmp_path / "01_a.ipynb").write_text("{}")
+    st = runner.Stage("01", "01_a", tmp_path / "01_a.ipynb")
+    assert runner.stage_key(st, {"p": Path("x")}, [], "c") == runner.stage_key(st, {"p": "x"}, [], "c")
+
+
+def test_death_cause_thresholds_are_strict():
+    # exactly 5 % available or exactly 80 % peak is not yet "out of memory"
+    assert "or by hand" in runner.death_cause(-9, 0, 5, total=100)
+    assert "or by hand" in runner.death_cause(-9, 80, None, total=100)
+
+
+def test_auto_mode_checks_instead_of_running_a_real_weights_profile(world):
+    nbs, out, ran, code, quiet = world
+    runner.run_stages("paper", {}, **quiet)
+    (out / "03_c.ipynb").unlink()
+    ran.clear()
+    with pytest.raises(runner.StagesNotReady, match="run `python -m reprolib run --profile paper` first"):
+        runner.ensure_stages("auto", out, nbs)
+    assert ran == []
+    with pytest.raises(ValueError, match=f"^{runner.BOOK_STAGES_ENV}='x': expected one of auto, run, check$"):
+        runner.ensure_stages("x", out, nbs)
+
+
+def test_ensure_stages_passes_its_log_on(world):
+    nbs, out, ran, code, quiet = world
+    runner.run_stages("tiny", {}, **quiet)
+    (out / "06_d.ipynb").unlink()
+    logs = []
+    runner.ensure_stages("run", out, nbs, log=logs.append)
+    assert logs[1] == "[06] 06_d: running with profile 'tiny'"

@@ -295,3 +295,12 @@ def test_ensure_stages_passes_its_log_on(world):
     logs = []
     runner.ensure_stages("run", out, nbs, log=logs.append)
     assert logs[1] == "[06] 06_d: running with profile 'tiny'"
+
+
+def test_auto_mode_runs_a_real_profile_overridden_to_tiny_models_and_tiny_is_the_default(world):
+    nbs, out, ran, code, quiet = world
+    assert runner.run_stages(only=["01"], **quiet) == [("01", "ran")] and ran[0][1]["profile"] == "tiny"
+    runner.run_stages("paper", {"model.pretrained": "tiny"}, **quiet)
+    (out / "03_c.ipynb").unlink()
+    ran.clear()
+    assert runner.ensure_stages("auto", out, nbs, log=lambda *_: None) == [("03", "ran")]

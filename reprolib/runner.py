@@ -32,6 +32,10 @@ BOOK = ROOT / "book"
 STAGE_DIR = BOOK / "_stages"          # executed notebooks live inside the book, which glues from them
 CACHE_FILE = ".stage-cache.json"
 SOURCE = ROOT / "reprolib"          # the code whose digest is part of every stage's cache key
+#: Shipped data a stage reads beyond its parameters (the digest of these files is part of its cache key),
+#: so that re-exporting the committed multi-seed run or correcting a reported table re-runs the stage.
+DATA_DEPS: dict[str, tuple[str, ...]] = {"06": ("data/miniworld",),
+                                         "07": ("data/report", "data/multigen", "data/editing")}
 
 #: Which earlier stages a stage reads from (its cache key includes theirs).
 UPSTREAM: dict[str, tuple[str, ...]] = {"02": ("01",), "03": ("02",), "04": ("02",), "05": ("02",),
@@ -83,6 +87,23 @@ def source_digest(root: Path | None = None) -> str:
         h.update(p.relative_to(root).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def data_digest(paths: Sequence[str], root: Path = ROOT) -> str:
+    """Hash of every file under `paths` (relative to the repository), names and bytes."""
+    h = hashlib.sha256()
+    for rel in paths:
+        base = root / rel
+        for p in sorted(q for q in base.rglob("*") if q.is_file()) if base.is_dir() else [base] * base.is_file():
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def stage_code(stage: Stage, code: str) -> str:
+    """What a stage's key takes as its code: reprolib's digest, plus its shipped data's (:data:`DATA_DEPS`)."""
+    deps = DATA_DEPS.get(stage.id, ())
+    return code + data_digest(deps) if deps else code
 
 
 def stage_key(stage: Stage, parameters: Mapping[str, Any], upstream_keys: Sequence[str], code: str) -> str:
@@ -255,7 +276,7 @@ def run_stages(profile: str = "tiny", overrides: Mapping[str, Any] | None = None
     params = {"profile": profile, "overrides": overrides}
     bar = tqdm(stages, desc="stages", unit="stage", disable=None)
     for st in bar:
-        key = stage_key(st, params, [keys.get(u, "") for u in UPSTREAM.get(st.id, ())], code)
+        key = stage_key(st, params, [keys.get(u, "") for u in UPSTREAM.get(st.id, ())], stage_code(st, code))
         keys[st.id] = key
         if st.id not in todo:
             continue
@@ -324,7 +345,8 @@ def stage_states(profile: str, overrides: Mapping[str, Any] | None = None, stage
     keys: dict[str, str] = {}
     out = []
     for st in discover_stages(notebooks):
-        keys[st.id] = stage_key(st, params, [keys.get(u, "") for u in UPSTREAM.get(st.id, ())], code)
+        keys[st.id] = stage_key(st, params, [keys.get(u, "") for u in UPSTREAM.get(st.id, ())],
+                                stage_code(st, code))
         entry = cache.get(st.id) or {}
         if not (stage_dir / f"{st.name}.ipynb").is_file() or not entry:
             state = "missing"

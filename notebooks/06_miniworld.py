@@ -127,7 +127,7 @@ glue("world_mg_curves", fig, display=False)
 # the clustering by prompt and is the optimistic one).
 
 # %%
-glue_table("world_paired", miniexp.paired_display(res.paired, res.effects), wrap={"A": 8, "B": 8},
+glue_table("world_paired", miniexp.paired_display(res.paired, res.effects), wrap={"A": 11, "B": 11},
            title=f"Paired comparisons, MultiGen-mini ({len(res.seeds)} fine-tune seed(s) per arm: "
                  f"{', '.join(map(str, res.seeds))})")
 glue("world_n_seeds", len(res.seeds), display=False)
@@ -198,7 +198,7 @@ else:
     glue_table("world_seeds_mg", miniexp.mg_table(cs), bold=miniexp.mg_table_bold(cs), wrap={"Model": 9},
                title=f"MultiGen-mini, {n_seeds} fine-tune seeds per arm pooled: MG-k (%), mean [95 % CI over prompts]")
     glue_table("world_seeds_paired", miniexp.paired_display(committed["paired"], committed["effects"]),
-               wrap={"A": 8, "B": 8}, title="Paired comparisons with the between-seed spread (committed run)")
+               wrap={"A": 9, "B": 9}, title="Paired comparisons with the between-seed spread (committed run)")
     glue_table("world_seeds_mass", miniexp.mass_arms_display(committed["mass_by_layer"]), decimals=2,
                title="Noun mass inside the mask ÷ chance, per model and layer group (mean over seeds)")
     seeds_line = miniexp.gated_verdict(miniexp.verdict(committed["paired"], alpha=plan["alpha"], ks=plan["primary"],

@@ -323,7 +323,7 @@ def paired_display(paired: pd.DataFrame, effects: pd.DataFrame | None = None) ->
         "p (McNemar, exact)": paired["p_mcnemar"].map(p_value),
         "cells only A / only B / all": [f"{a} / {b} / {n}" for a, b, n in
                                         zip(paired["a_only"], paired["b_only"], paired["n_cells"])]})
-    if effects is not None and len(effects):
+    if effects is not None and len(effects) and (effects["n_seeds"] > 1).any():   # one seed: nothing to add
         e = paired[["a", "b", "k"]].merge(effects, on=["a", "b", "k"], how="left")
         out["A − B per seed (points)"] = e["per_seed"].fillna("–").to_numpy()
         out["mean ± between-seed SD"] = [mean_std(m, sd, 1) for m, sd in zip(e["seed_mean"], e["seed_sd"])]

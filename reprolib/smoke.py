@@ -326,13 +326,15 @@ def coco_standins(data_root: Path, n: int, shared: Path = SHARED_DATA, size: tup
     return rows
 
 
-def attention_prompts_subset(dest: Path, n: int = 1) -> Path:
-    """The paper's figure prompts (``data/attention_prompts.yaml``), each list cut to its first `n`."""
+def attention_prompts_subset(dest: Path) -> Path:
+    """The paper's figure prompts (``data/attention_prompts.yaml``) cut to one: the first ``mass`` prompt
+    (also one of Fig. 1's) for every figure, so that stage 04 generates it once per checkpoint for all figures."""
     import yaml
 
     from .viz import PROMPTS_FILE
     raw = yaml.safe_load(Path(PROMPTS_FILE).read_text())
-    sub = {"paper": {fig: items[:n] for fig, items in raw["paper"].items()}}
+    first = raw["paper"]["mass"][0]
+    sub = {"paper": {fig: [json.loads(json.dumps(first))] for fig in raw["paper"]}}   # no YAML aliases
     dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dest, yaml.safe_dump(sub, sort_keys=False))
     return dest

@@ -489,7 +489,7 @@ def check_stage(stage: str, P) -> list[str]:
                 if len(imgs) != want or _sizes(imgs) != {(res, res)}:
                     raise SmokeError(f"stage 03: {ps}/{checkpoint_label(c)}: {len(imgs)} images of sizes "
                                      f"{_sizes(imgs)}, expected {want} of {res}x{res}")
-                dets = _images(root / "detections" / ps / checkpoint_label(c), "*.json")
+                dets = _images(root / "detections" / ps / checkpoint_label(c), "*_*.json")   # <prompt>_<index>.json
                 if len(dets) != want:
                     raise SmokeError(f"stage 03: {ps}/{checkpoint_label(c)}: {len(dets)} detection files, expected {want}")
         n = _csv_rows(root / "multigen_scores.csv")

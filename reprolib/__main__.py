@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     smoke.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
                        help="override of the smoke run's own settings, e.g. -p multigen.prompt_sets coco")
     smoke.add_argument("--workdir", help="folder for the models, stand-ins and outputs (default: a temporary one)")
-    smoke.add_argument("--keep", action="store_true", help="keep the work folder afterwards (~40 GB)")
+    smoke.add_argument("--keep", action="store_true", help="keep the work folder afterwards (~32 GB)")
     smoke.add_argument("--only", action="append", metavar="STAGE", help="run only this stage; repeatable")
     smoke.add_argument("--shared", help="folder of the authors' metadata.jsonl and MultiGen prompt files "
                                         "(default: ../shared/data/tokencompose)")

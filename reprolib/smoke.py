@@ -326,13 +326,15 @@ def coco_standins(data_root: Path, n: int, shared: Path = SHARED_DATA, size: tup
     return rows
 
 
-def attention_prompts_subset(dest: Path, n: int = 1) -> Path:
-    """The paper's figure prompts (``data/attention_prompts.yaml``), each list cut to its first `n`."""
+def attention_prompts_subset(dest: Path) -> Path:
+    """The paper's figure prompts (``data/attention_prompts.yaml``) cut to one: the first ``mass`` prompt
+    (also one of Fig. 1's) for every figure, so that stage 04 generates it once per checkpoint for all figures."""
     import yaml
 
     from .viz import PROMPTS_FILE
     raw = yaml.safe_load(Path(PROMPTS_FILE).read_text())
-    sub = {"paper": {fig: items[:n] for fig, items in raw["paper"].items()}}
+    first = raw["paper"]["mass"][0]
+    sub = {"paper": {fig: [json.loads(json.dumps(first))] for fig in raw["paper"]}}   # no YAML aliases
     dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dest, yaml.safe_dump(sub, sort_keys=False))
     return dest
@@ -487,7 +489,7 @@ def check_stage(stage: str, P) -> list[str]:
                 if len(imgs) != want or _sizes(imgs) != {(res, res)}:
                     raise SmokeError(f"stage 03: {ps}/{checkpoint_label(c)}: {len(imgs)} images of sizes "
                                      f"{_sizes(imgs)}, expected {want} of {res}x{res}")
-                dets = _images(root / "detections" / ps / checkpoint_label(c), "*.json")
+                dets = _images(root / "detections" / ps / checkpoint_label(c), "*_*.json")   # <prompt>_<index>.json
                 if len(dets) != want:
                     raise SmokeError(f"stage 03: {ps}/{checkpoint_label(c)}: {len(dets)} detection files, expected {want}")
         n = _csv_rows(root / "multigen_scores.csv")
@@ -534,7 +536,8 @@ def run_smoke(profile: str = "paper", workdir: str | Path | None = None, keep: b
               only: Sequence[str] | None = None, extra: Mapping[str, Any] | None = None,
               shared: Path = SHARED_DATA, seed: int = 0, log=print) -> dict[str, Any]:
     """Build the random models and stand-ins, run the profile's stages one by one through the runner (offline,
-    into `workdir`), check each stage's outputs; returns the report (also ``<workdir>/smoke.json``).
+    into `workdir`), check each stage's outputs; returns the report, written to ``<workdir>/smoke.json`` after
+    every stage (a run resumed in the same `workdir`, e.g. with `only`, keeps the earlier stages' entries).
 
     Stops at the first stage that fails (later stages read its outputs); `workdir` is deleted at the end
     unless `keep` (or a stage failed: its partial notebook stays there to read).
@@ -549,18 +552,29 @@ def run_smoke(profile: str = "paper", workdir: str | Path | None = None, keep: b
     overrides = {**smoke_overrides(root, shared), **dict(extra or {})}
     P = load_profile(profile, overrides)
     stages = select_stages(discover_stages(), only)
+    previous = json.loads((root / "smoke.json").read_text()) if (root / "smoke.json").is_file() else {}
+    entries = {s["stage"]: s for s in previous.get("stages", [])}
     report: dict[str, Any] = {"profile": profile, "workdir": str(root), "overrides": overrides,
-                              "cpu_count": os.cpu_count(), "load_before": os.getloadavg(), "stages": []}
+                              "cpu_count": os.cpu_count(), "load_before": os.getloadavg(), "ok": None}
     t0 = time.time()
     log(f"smoke run of profile {profile!r} in {root}")
     report["models"] = prepare(root, P, shared, seed, log)
-    report["prepare_seconds"] = round(time.time() - t0, 1)
-    report["prepare_peak_gib"] = _gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    report["prepare_runs"] = previous.get("prepare_runs", []) + [      # a resumed run finds the models built
+        {"seconds": round(time.time() - t0, 1), "peak_gib": _gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}]
+    report["prepare_seconds"] = sum(r["seconds"] for r in report["prepare_runs"])
+    report["prepare_peak_gib"] = max(r["peak_gib"] for r in report["prepare_runs"])
+
+    def save() -> None:
+        report["stages"] = [entries.get(st.name, vars(StageReport(st.name))) for st in discover_stages()]
+        report["total_seconds"] = round(time.time() - t0, 1)
+        report["load_after"] = os.getloadavg()
+        atomic_write_json(root / "smoke.json", report)
+
     failed = False
     with offline_env(root / "hf" / "hub", root / "torch"):
         for st in stages:
             rep = StageReport(st.name)
-            report["stages"].append(rep)
+            entries[st.name] = vars(rep)
             if failed:
                 continue
             s0 = time.time()
@@ -576,14 +590,16 @@ def run_smoke(profile: str = "paper", workdir: str | Path | None = None, keep: b
                     rep.checks = check_stage(st.id, P)
                 except (SmokeError, OSError, ValueError, KeyError) as e:
                     rep.status, rep.error, failed = "checks failed", str(e), True
+            rep.checks.append(f"load average {os.getloadavg()[1]:.1f} (5 min) at its end")
+            entries[st.name] = vars(rep)
+            save()
             log(f"[{st.id}] {rep.status}: {rep.seconds:.0f} s, peak {rep.peak_gib:.1f} GiB"
                 + (f"; {rep.error}" if rep.error else ""))
-    report["total_seconds"] = round(time.time() - t0, 1)
-    report["load_after"] = os.getloadavg()
-    report["ok"] = not failed
-    report["stages"] = [vars(r) for r in report["stages"]]
+    report["ok"] = not failed                     # every stage asked for ran and passed its checks
+    save()
+    report["complete"] = all(e["status"] == "ok" for e in report["stages"])
     atomic_write_json(root / "smoke.json", report)
-    if not keep and not failed:
+    if not keep and report["ok"]:
         shutil.rmtree(root, ignore_errors=True)
     return report
 
@@ -591,7 +607,8 @@ def run_smoke(profile: str = "paper", workdir: str | Path | None = None, keep: b
 def report_table(report: Mapping[str, Any]) -> str:
     """The smoke run's per-stage table (Markdown): status, wall time, the kernel's peak memory, what was checked."""
     lines = ["| stage | status | wall time | peak memory | checked |", "| --- | --- | ---: | ---: | --- |",
-             f"| random models + stand-ins | ok | {report['prepare_seconds'] / 60:.1f} min | "
+             f"| random models + stand-ins ({len(report.get('prepare_runs', [1]))} run(s)) | ok | "
+             f"{report['prepare_seconds'] / 60:.1f} min | "
              f"{report['prepare_peak_gib']:.1f} GiB | {len(report['models'])} models of the real sizes "
              f"({sum(m['bytes'] for m in report['models'].values()) / 2**30:.1f} GiB) |"]
     for s in report["stages"]:
@@ -599,7 +616,8 @@ def report_table(report: Mapping[str, Any]) -> str:
         m = "–" if s["peak_gib"] is None else f"{s['peak_gib']:.1f} GiB"
         lines.append(f"| {s['stage']} | {s['status']} | {t} | {m} | {'; '.join(s['checks']) or (s['error'] or '')} |")
     peak = max([report["prepare_peak_gib"]] + [s["peak_gib"] or 0 for s in report["stages"]])
-    lines.append(f"| **total** | {'ok' if report['ok'] else 'FAILED'} | {report['total_seconds'] / 60:.1f} min | "
+    total = report["prepare_seconds"] + sum(s["seconds"] or 0 for s in report["stages"])
+    lines.append(f"| **total** | {'ok' if report['ok'] else 'FAILED'} | {total / 60:.1f} min | "
                  f"{peak:.1f} GiB | {report['cpu_count']} CPUs, load {report['load_before'][0]:.1f} before, "
                  f"{report['load_after'][0]:.1f} after |")
     return "\n".join(lines)

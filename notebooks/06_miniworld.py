@@ -197,7 +197,8 @@ else:
                fills={"Passes": {"yes": "#d9f0d3", "no": "#f6d5d5"}}, wrap={"Gate": 18, "Measured": 14})
     glue_table("world_seeds_mg", miniexp.mg_table(cs), bold=miniexp.mg_table_bold(cs), wrap={"Model": 9},
                title=f"MultiGen-mini, {n_seeds} fine-tune seeds per arm pooled: MG-k (%), mean [95 % CI over prompts]")
-    glue_table("world_seeds_paired", miniexp.paired_display(committed["paired"], committed["effects"]),
+    glue_table("world_seeds_paired", miniexp.paired_display(committed["paired"], committed["effects"])
+               .drop(columns=["p (McNemar, exact)", "cells only A / only B / all"]),   # both in world_paired.csv
                wrap={"A": 9, "B": 9}, title="Paired comparisons with the between-seed spread (committed run)")
     glue_table("world_seeds_mass", miniexp.mass_arms_display(committed["mass_by_layer"]), decimals=2,
                title="Noun mass inside the mask ÷ chance, per model and layer group (mean over seeds)")

@@ -312,17 +312,13 @@ def mg_table_bold(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_display(paired: pd.DataFrame, effects: pd.DataFrame | None = None) -> pd.DataFrame:
-    """World paired tests as the book shows them: the difference with its interval, both p-values, and
-    (with :func:`seed_effects`) the difference seed by seed with its between-seed SD."""
-    from .tables import mean_ci, mean_std, p_value
-    out = pd.DataFrame({
-        "A": paired["a"].map(arm_label), "B": paired["b"].map(arm_label), "k": paired["k"].astype(int),
-        "MG-k A − B (points) [95 % CI]": [mean_ci(d, lo, hi, 1) for d, lo, hi in
-                                          zip(paired["diff"], paired["ci_low"], paired["ci_high"])],
-        "p (paired bootstrap)": paired["p_bootstrap"].map(p_value),
-        "p (McNemar, exact)": paired["p_mcnemar"].map(p_value),
-        "cells only A / only B / all": [f"{a} / {b} / {n}" for a, b, n in
-                                        zip(paired["a_only"], paired["b_only"], paired["n_cells"])]})
+    """World paired tests as the book shows them (:func:`reprolib.multigen.paired_display`'s columns, one
+    prompt set), and (with :func:`seed_effects`) the difference seed by seed with its between-seed SD."""
+    from .multigen import paired_display as shown
+    from .tables import mean_std
+    labels = {k: arm_label(k) for k in pd.concat([paired["a"], paired["b"]]).unique()}
+    as_mg = paired.rename(columns={"a": "checkpoint_a", "b": "checkpoint_b"}).assign(prompt_set="miniworld")
+    out = shown(as_mg, labels, decimals=1).drop(columns="Prompt set")
     if effects is not None and len(effects) and (effects["n_seeds"] > 1).any():   # one seed: nothing to add
         e = paired[["a", "b", "k"]].merge(effects, on=["a", "b", "k"], how="left")
         out["A − B per seed (points)"] = e["per_seed"].fillna("–").to_numpy()
@@ -433,7 +429,7 @@ def flow_display(flow: pd.DataFrame, mass: pd.DataFrame, arm: str = "base") -> p
     f = f[f["checkpoint"] == arm].pivot(index="layer", columns="role", values="share")
     m = mass_by_layer(mass)
     m = m[m["checkpoint"] == arm].set_index("layer")
-    layers = [lay for lay in dict.fromkeys(m.index.tolist() + f.index.tolist())]
+    layers = list(dict.fromkeys(m.index.tolist() + f.index.tolist()))
     rows = []
     for lay in layers:
         row = {"Layer group": lay}
@@ -650,7 +646,7 @@ def mass_arms_display(mass: pd.DataFrame) -> pd.DataFrame:
     """Rows = models, columns = layer groups: the noun mass inside the mask over chance (1 = spread evenly)."""
     by = mass_by_layer(mass)
     wide = by.pivot(index="checkpoint", columns="layer", values="ratio")
-    wide = wide.reindex([a for a in dict.fromkeys(by["checkpoint"])])[list(dict.fromkeys(by["layer"]))]
+    wide = wide.reindex(list(dict.fromkeys(by["checkpoint"])))[list(dict.fromkeys(by["layer"]))]
     wide.columns = [f"{c} (× chance)" for c in wide.columns]
     wide.insert(0, "Model", [arm_label(a) for a in wide.index])
     return wide.reset_index(drop=True)
@@ -744,10 +740,9 @@ def load_committed(dest: str | Path = COMMITTED_DIR) -> dict[str, Any] | None:
     d = Path(dest)
     if not (d / "export.json").is_file():
         return None
-    tables = {f[len("world_"):-4]: pd.read_csv(d / f) for f in sorted(p.name for p in d.glob("world_*.csv"))}
-    for name in ("summary", "provenance", "export"):
-        path = d / (f"world_{name}.json" if name == "summary" else f"{name}.json")
-        tables[name] = json.loads(path.read_text())
+    tables: dict[str, Any] = {p.stem[len("world_"):]: pd.read_csv(p) for p in sorted(d.glob("world_*.csv"))}
+    for name, file in (("summary", "world_summary.json"), ("provenance", "provenance.json"), ("export", "export.json")):
+        tables[name] = json.loads((d / file).read_text())
     return tables
 
 

@@ -672,7 +672,7 @@ def scores_display(scores: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFr
         "blacked out": scores["blacked_out"].astype(int)})
 
 
-def paired_display(paired: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame:
+def paired_display(paired: pd.DataFrame, labels: Mapping[str, str], decimals: int = 2) -> pd.DataFrame:
     """Paired comparisons as the book shows them: the difference with its paired-bootstrap interval."""
     from .reported import PROMPT_SETS
     from .tables import mean_ci, p_value
@@ -680,7 +680,7 @@ def paired_display(paired: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFr
         "Prompt set": paired["prompt_set"].map(lambda x: PROMPT_SETS.get(x, x)),
         "A": paired["checkpoint_a"].map(lambda c: labels.get(c, c)),
         "B": paired["checkpoint_b"].map(lambda c: labels.get(c, c)), "k": paired["k"].astype(int),
-        "MG-k A − B (points) [95 % CI]": [mean_ci(d, lo, hi) for d, lo, hi in
+        "MG-k A − B (points) [95 % CI]": [mean_ci(d, lo, hi, decimals) for d, lo, hi in
                                           zip(paired["diff"], paired["ci_low"], paired["ci_high"])],
         "p (paired bootstrap)": paired["p_bootstrap"].map(p_value),
         "p (McNemar, exact)": paired["p_mcnemar"].map(p_value),

@@ -79,24 +79,28 @@ def select_stages(stages: Sequence[Stage], only: Sequence[str] | None) -> list[S
     return [s for s in stages if s.id in wanted]
 
 
+def _hash_files(h, files, rel_to: Path) -> None:
+    """Feed each file's path (relative to `rel_to`) and bytes into `h`, in sorted order."""
+    for p in sorted(files):
+        h.update(p.relative_to(rel_to).as_posix().encode())
+        h.update(p.read_bytes())
+
+
 def source_digest(root: Path | None = None) -> str:
     """Hash of reprolib's source (:data:`SOURCE` by default): a code change invalidates every stage."""
     root = Path(root or SOURCE)
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*.py")):
-        h.update(p.relative_to(root).as_posix().encode())
-        h.update(p.read_bytes())
+    _hash_files(h, root.rglob("*.py"), root)
     return h.hexdigest()
 
 
 def data_digest(paths: Sequence[str], root: Path = ROOT) -> str:
-    """Hash of every file under `paths` (relative to the repository), names and bytes."""
+    """Hash of every file under `paths` (files or folders, relative to the repository), names and bytes."""
     h = hashlib.sha256()
     for rel in paths:
         base = root / rel
-        for p in sorted(q for q in base.rglob("*") if q.is_file()) if base.is_dir() else [base] * base.is_file():
-            h.update(p.relative_to(root).as_posix().encode())
-            h.update(p.read_bytes())
+        files = [q for q in base.rglob("*") if q.is_file()] if base.is_dir() else [base] if base.is_file() else []
+        _hash_files(h, files, root)
     return h.hexdigest()
 
 

@@ -210,6 +210,39 @@ else:
     print(seeds_line)
 
 # %% [markdown]
+# ## A second base, tried: the caption kept out of EOS and padding
+#
+# The diagnosis's remedy, tested: the shipped base continued on two CPU cores with its text encoder replaced
+# by a frozen contextless one (`scripts/train_world_base.py --text-layers 0 --freeze-text`), then this stage
+# run on it with one seed per arm. Committed in `data/miniworld/candidates/contextless/` with its base record.
+
+# %%
+cand = miniexp.load_committed(miniexp.CANDIDATE_DIR)
+cand_names = ("world_cand_base", "world_cand_gates", "world_cand_flow", "world_cand_mg")
+if cand is None:
+    for name in cand_names:
+        glue_note(name, "No second base is committed: see data/miniworld/candidates/.")
+    glue("world_cand_summary", "no second base is committed.", display=False)
+    glue("world_cand_verdict", "no second base is committed.", display=False)
+    glue("world_cand_provenance", HTML('<p class="repro-provenance">–</p>'), display=False)
+else:
+    glue_table("world_cand_base", miniexp.base_check(miniexp.CANDIDATE_DIR / "base"),
+               title="The second base's record (its training script's sample check)", wrap={"Value": 24})
+    glue_table("world_cand_gates", cand["gates"].drop(columns="gate"), title="Validity gates (second base)",
+               fills={"Passes": {"yes": "#d9f0d3", "no": "#f6d5d5"}}, wrap={"Gate": 18, "Measured": 14})
+    glue_table("world_cand_flow", miniexp.flow_display(cand["flow_by_layer"], cand["mass_by_layer"]), decimals=2,
+               wrap={"Layer group": 6}, title="Where the second base's cross-attention goes, per layer group")
+    cc = cand["scores"][cand["scores"]["k"] > 1]
+    glue_table("world_cand_mg", miniexp.mg_table(cc), bold=miniexp.mg_table_bold(cc), wrap={"Model": 9},
+               title="MultiGen-mini on the second base, one fine-tune seed per arm: MG-k (%), mean [95 % CI]")
+    glue("world_cand_summary", miniexp.flow_summary(cand["flow_by_layer"], cand["mass_by_layer"]), display=False)
+    glue("world_cand_verdict", miniexp.candidate_line(committed, cand) if committed is not None else
+         "no multi-seed run of the shipped base is committed to compare with.", display=False)
+    glue("world_cand_provenance", HTML(f'<p class="repro-provenance">{miniexp.committed_line(cand)}</p>'),
+         display=False)
+    print(miniexp.flow_summary(cand["flow_by_layer"], cand["mass_by_layer"]))
+
+# %% [markdown]
 # ## Samples (same initial noise for every model)
 
 # %%

@@ -703,6 +703,8 @@ def mass_curves(result: ExperimentResult):
 
 #: Where the committed multi-seed run lives (``scripts/export_world_run.py`` writes it; stage 06 shows it).
 COMMITTED_DIR = Path(__file__).resolve().parent.parent / "data" / "miniworld" / "multiseed"
+#: A committed run of stage 06 on a second base (frozen contextless text encoder; data/miniworld/candidates/).
+CANDIDATE_DIR = COMMITTED_DIR.parent / "candidates" / "contextless"
 _COPIED = ("world_scores.csv", "world_paired.csv", "world_effects.csv", "world_seed_scores.csv",
            "world_summary.json", "provenance.json")
 
@@ -730,6 +732,8 @@ def export_run(run_dir: str | Path, dest: str | Path, edit_success: pd.DataFrame
     gates = validity_gates(base_record(summary.get("base", BASE_DIR)), mass, pd.read_csv(run / "world_scores.csv"),
                            pd.read_csv(run / "world_paired.csv"), edit_success)
     _save_csv(out / "world_gates.csv", gates)
+    if Path(summary.get("base", BASE_DIR)).resolve() != Path(BASE_DIR).resolve():   # another base: keep its record
+        atomic_write_json(out / "base.json", base_record(summary["base"]))
     atomic_write_json(out / "export.json", {"run_dir": str(run), "command": command})
     return out
 
@@ -743,7 +747,36 @@ def load_committed(dest: str | Path = COMMITTED_DIR) -> dict[str, Any] | None:
     tables: dict[str, Any] = {p.stem[len("world_"):]: pd.read_csv(p) for p in sorted(d.glob("world_*.csv"))}
     for name, file in (("summary", "world_summary.json"), ("provenance", "provenance.json"), ("export", "export.json")):
         tables[name] = json.loads((d / file).read_text())
+    tables["base"] = json.loads((d / "base.json").read_text()) if (d / "base.json").is_file() else None
+    tables["dir"] = repo_relative(d)
     return tables
+
+
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository when inside it (the book never shows a machine's paths)."""
+    p, repo = Path(path).resolve(), Path(BASE_DIR).resolve().parents[2]
+    return str(p.relative_to(repo)) if p.is_relative_to(repo) else p.name
+
+
+def candidate_line(shipped: Mapping[str, Any], candidate: Mapping[str, Any]) -> str:
+    """One computed sentence comparing a second base with the shipped one: grounding at each one's best
+    trained group, MG3 and MG4 of the bases, and which gates each fails."""
+    def best(c: Mapping[str, Any]) -> tuple[str, float]:
+        by = mass_by_layer(c["mass_by_layer"])
+        by = by[(by["checkpoint"] == "base") & by["layer"].isin(BASE_TRAIN_LAYERS)].set_index("layer")["ratio"]
+        return str(by.idxmax()), float(by.max())
+
+    def mg(c: Mapping[str, Any], k: int) -> float:
+        s = c["scores"]
+        return float(s[(s["checkpoint"] == "base") & (s["k"] == k)]["mean"].iloc[0])
+
+    (ls, rs), (lc, rc) = best(shipped), best(candidate)
+    fails = failed_gates(candidate["gates"])
+    return (f"With the caption kept out of EOS and padding, the base's best noun mass ÷ chance is {rc:.2f} × "
+            f"({lc}) against {rs:.2f} × ({ls}) for the shipped base; MG3 {mg(candidate, 3):.1f} % against "
+            f"{mg(shipped, 3):.1f} %, MG4 {mg(candidate, 4):.1f} % against {mg(shipped, 4):.1f} %. "
+            f"It fails {len(fails)} of {len(candidate['gates'])} gates ({', '.join(fails) or 'none'}), the shipped "
+            f"base {len(failed_gates(shipped['gates']))}; the shipped base stays the world's base.")
 
 
 def committed_line(committed: Mapping[str, Any]) -> str:
@@ -753,7 +786,7 @@ def committed_line(committed: Mapping[str, Any]) -> str:
     dev = ", ".join(prov.get("device", {}).get("gpus", [])) or f"CPU×{prov.get('device', {}).get('cpu_count')}"
     dur = prov.get("duration_s")
     seeds = ", ".join(str(x) for x in summ.get("fine_tune_seeds", []))
-    return (f"Committed run (data/miniworld/multiseed): stage 06, profile {prov.get('profile')}, commit {sha}, on "
+    return (f"Committed run ({committed.get('dir', 'data/miniworld/multiseed')}): stage 06, profile {prov.get('profile')}, commit {sha}, on "
             f"{dev}, {str(prov.get('started', ''))[:16].replace('T', ' ')} UTC"
             f"{f', {dur:.0f} s' if dur is not None else ''}; fine-tune seeds {seeds}; exported by "
             f"“{committed['export'].get('command', '')}”.")

@@ -6,6 +6,16 @@
     python scripts/train_world_base.py --vae-steps 2479 --steps 2214
     python scripts/train_world_base.py --vae-steps 2479 --steps 3800
     python scripts/train_world_base.py --vae-steps 5 --steps 5 --vae-pool 64 --pool 64 --out /tmp/wb --work /tmp/wb_work   # smoke run
+    # the second base of data/miniworld/candidates/contextless (2 CPU cores, ~45 min in the background):
+    python scripts/train_world_base.py --vae-from data/miniworld/base --init-from data/miniworld/base \
+        --text-layers 0 --freeze-text --lr 5e-4 --batch-size 128 --pool 60000 --deadline-s 2900 --reserve-s 240 \
+        --threads 2 --workers 2 --ckpt-every 250 --out /tmp/wb/base --work /tmp/wb/work
+
+On CPU the script runs as it does on a GPU (fp32, same batches); from scratch, 2 cores give too few samples in
+90 minutes for a base that passes the single-object check (the record's ``superseded`` entry), so the CPU path
+that fits is a continuation: ``--vae-from``/``--init-from`` start from a shipped base's VAE and UNet.
+``--text-layers 0 --freeze-text`` builds a frozen contextless text encoder (token + position embeddings and the
+final layer norm, no transformer layer: EOS and padding carry no word of the caption).
 
 What it trains, from scratch, seeded, on miniworld renders (64×64 RGB):
 
@@ -48,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import json
 import math
 import os
 import platform
@@ -153,15 +164,43 @@ def autocast(device: torch.device, precision: str):
 
 # --------------------------------------------------------------------------- models
 
-def build_models(seed: int):
+def text_config(layers: int) -> dict[str, Any]:
+    """The text encoder's config with ``layers`` transformer layers (0: contextless, see --text-layers)."""
+    return {**TEXT_CONFIG, "num_hidden_layers": int(layers)}
+
+
+def build_models(seed: int, text_layers: int = TEXT_CONFIG["num_hidden_layers"]):
     """Fresh VAE, UNet and text encoder (seeded)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     torch.manual_seed(seed)
     vae = AutoencoderKL(**VAE_CONFIG)
     unet = UNet2DConditionModel(**UNET_CONFIG)
-    text = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+    text = CLIPTextModel(CLIPTextConfig(**text_config(text_layers)))
     return vae, unet, text
+
+
+def load_part(model: torch.nn.Module, folder: Path, part: str, strict: bool = True) -> list[str]:
+    """Copy the safetensors weights of ``folder/part`` into ``model``; returns the keys it lacked.
+
+    ``strict=False`` is for a text encoder with fewer layers than the one it comes from: its token and
+    position embeddings and final layer norm are taken, the missing layers' weights are reported."""
+    from safetensors.torch import load_file
+    files = sorted((Path(folder) / part).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"--init-from/--vae-from: no safetensors weights in {Path(folder) / part}")
+    state = {k: v for f in files for k, v in load_file(str(f)).items()}
+    own = model.state_dict()
+    unused = sorted(set(state) - set(own))
+    if strict and (unused or set(own) - set(state)):
+        raise ValueError(f"{Path(folder) / part}: weights do not match the model (e.g. "
+                         f"{(unused or sorted(set(own) - set(state)))[0]})")
+    wrong = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"{Path(folder) / part}: weights do not match the model ({wrong[0]}: "
+                         f"{tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)})")
+    missing = model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=strict).missing_keys
+    return list(missing)
 
 
 def save_state(path: Path, state: dict[str, Any]) -> Path:
@@ -308,7 +347,7 @@ def train_base(unet, text, pool: dict[str, torch.Tensor], scale: float, steps: i
     restart); ``segments`` lists [start step, schedule total] of each part."""
     import copy
     sched = sd14_scheduler("ddpm")
-    params = list(unet.parameters()) + list(text.parameters())
+    params = list(unet.parameters()) + [p for p in text.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     plan = {"total": steps}
     lrs = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup_steps(steps), plan))
@@ -331,7 +370,8 @@ def train_base(unet, text, pool: dict[str, torch.Tensor], scale: float, steps: i
         else:
             time_budget_s = None                        # finished or same total: nothing left to budget
     unet.train(), text.train()
-    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
+    frozen_text = not any(p.requires_grad for p in text.parameters())
+    ema_params = list(ema_unet.parameters()) + ([] if frozen_text else list(ema_text.parameters()))
     n = pool["mean"].shape[0]
     pending: list[torch.Tensor] = []
     bar = tqdm(total=plan["total"], initial=start, desc="base", disable=not progress, mininterval=2)
@@ -349,7 +389,9 @@ def train_base(unet, text, pool: dict[str, torch.Tensor], scale: float, steps: i
         ids[drop.to(device)] = uncond_ids.to(device)
         noisy = _add_noise(sched, latents, noise, t)
         with autocast(device, precision):
-            pred = unet(noisy, t, text(ids)[0]).sample
+            with torch.set_grad_enabled(not frozen_text):
+                states = text(ids)[0]
+            pred = unet(noisy, t, states).sample
         per = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (per * min_snr_weights(sched, t)).mean()
         opt.zero_grad(set_to_none=True)
@@ -403,7 +445,6 @@ def save_pipeline(vae, unet, text, tokenizer, out: Path) -> Path:
     vae.save_pretrained(tmp / "vae", safe_serialization=True)
     text.save_pretrained(tmp / "text_encoder", safe_serialization=True)
     sd14_scheduler("pndm").save_pretrained(tmp / "scheduler")
-    import json
     (tmp / "model_index.json").write_text(json.dumps({
         "_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None],
         "requires_safety_checker": False, "safety_checker": [None, None],
@@ -487,9 +528,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--check-per-category", type=int, default=10)
     p.add_argument("--check-multi", type=int, default=50)
+    p.add_argument("--vae-from", type=Path, default=None,
+                   help="a pipeline folder whose vae/ is used as it is (no VAE training; its scaling factor kept)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="a pipeline folder whose unet/ (and text_encoder/ embeddings) initialise the base")
+    p.add_argument("--text-layers", type=int, default=TEXT_CONFIG["num_hidden_layers"],
+                   help="text-encoder layers; 0 = contextless: each token's state is its own embedding + position")
+    p.add_argument("--freeze-text", action="store_true",
+                   help="train the UNet only; the text encoder stays as built/initialised (as SD's CLIP is frozen)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
     return p.parse_args(argv)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` where there is one), for the record."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def resolve(device: str) -> torch.device:
@@ -510,11 +567,21 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer = clip_tokenizer()
-    vae, unet, text = build_models(args.seed)
+    vae, unet, text = build_models(args.seed, args.text_layers)
+    init = {}
+    if args.init_from is not None:
+        init["unet"] = load_part(unet, args.init_from, "unet")
+        init["text_missing"] = len(load_part(text, args.init_from, "text_encoder", strict=False))
+    if args.freeze_text:
+        text.requires_grad_(False)
     vae, unet, text = vae.to(device), unet.to(device), text.to(device)
     vae_ckpt = args.work / "vae.pt"
     state = load_state(vae_ckpt)
-    if state is None:
+    if args.vae_from is not None:
+        load_part(vae, args.vae_from, "vae")
+        vae = vae.to(device)
+        vae_losses: list[float] = []
+    elif state is None:
         vpool = render_pool(args.vae_pool, VAE_STREAM, args.seed, VAE_OBJECT_WEIGHTS, 0.1, args.workers)
         images = torch.from_numpy(vpool.pop("images")).to(device)
         vae_losses = train_vae(vae, images, args.vae_steps, args.vae_batch_size, args.vae_lr, args.seed, device,
@@ -530,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     pool = encode_pool(vae, render_pool(args.pool, POOL_STREAM, args.seed, BASE_OBJECT_WEIGHTS, 0.0, args.workers),
                        tokenizer, device)
     scale = latent_scaling(pool)
+    if args.vae_from is not None:    # the VAE's own factor: an initialising UNet was trained on it
+        scale = float(json.loads((args.vae_from / "vae" / "config.json").read_text())["scaling_factor"])
     vae.register_to_config(scaling_factor=scale)
     uncond = tokenize(tokenizer, [""])[0]
     t1 = time.perf_counter()
@@ -550,18 +619,21 @@ def main(argv: list[str] | None = None) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "script": "scripts/train_world_base.py",
         "argv": sys.argv[1:] if argv is None else argv, "seed": args.seed, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        (platform.processor() or platform.machine()),
+        cpu_name(),
         "precision": precision, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "object_weights": list(BASE_OBJECT_WEIGHTS),
         "vae": {"steps": len(vae_losses), "steps_from_time_budget_s": args.vae_time_budget_s, "batch_size": args.vae_batch_size, "lr": args.vae_lr, "pool": args.vae_pool,
-                "final_loss_mean_last_20": float(np.mean(vae_losses[-20:])), "wall_time_s": round(vae_s, 1),
+                "final_loss_mean_last_20": float(np.mean(vae_losses[-20:])) if vae_losses else None,
+                "from": str(args.vae_from) if args.vae_from else None, "wall_time_s": round(vae_s, 1),
                 "scaling_factor": scale, "config": VAE_CONFIG, "check": vcheck},
         "base": {"steps": steps, "steps_from_time_budget_s": budget, "batch_size": args.batch_size,
                  "lr": args.lr, "warmup": warmup_steps(steps), "pool": args.pool,
                  "p_uncond": 0.1, "ema_decay": args.ema_decay, "loss_weighting": "min-snr-5",
                  "schedule_segments": segments,
                  "final_loss_mean_last_200": float(np.mean(losses[-200:])), "wall_time_s": round(base_s, 1),
-                 "unet_config": UNET_CONFIG, "text_config": TEXT_CONFIG,
+                 "unet_config": UNET_CONFIG, "text_config": text_config(args.text_layers),
+                 "text_frozen": bool(args.freeze_text), "init_from": str(args.init_from) if args.init_from else None,
+                 "init_text_keys_not_loaded": init.get("text_missing"),
                  "unet_parameters": sum(p.numel() for p in ema_unet.parameters()),
                  "text_parameters": sum(p.numel() for p in ema_text.parameters())},
         "train_wall_time_s": round(train_s, 1), "total_wall_time_s": round(time.perf_counter() - t0, 1),

@@ -229,3 +229,42 @@ def test_verdict_reads_the_paired_tests():
     assert miniexp.verdict(table([(3, -5.0, 0.01), (5, 4.0, 0.01)])).startswith("mixed")
     with pytest.raises(miniexp.ExperimentError, match="no paired tests"):
         miniexp.verdict(table([(1, 0.0, 1.0)]), a="base")
+
+
+def test_contextless_text_encoder_keeps_the_caption_out_of_eos_and_padding():
+    """--text-layers 0: a token's state is its own embedding + position, so EOS and padding carry no word of
+    the caption (the cross-attention must read the nouns), while a 2-layer encoder's padding does."""
+    from reprolib.models import clip_tokenizer
+    s = _script()
+    tok = clip_tokenizer()
+    ids = s.tokenize(tok, ["a photo of a star.", "a photo of a ring."])
+    eos = int((ids[0] == tok.eos_token_id).nonzero()[0])
+    for layers, same in ((0, True), (2, False)):
+        text = s.build_models(0, text_layers=layers)[2].eval()
+        with torch.no_grad():
+            h = text(ids)[0].double()
+        tail = (h[0, eos:] - h[1, eos:]).abs().max() / h.abs().max()
+        assert bool(tail < 1e-6) is same, (layers, float(tail))
+        noun = (h[0, eos - 2] - h[1, eos - 2]).abs().max() / h.abs().max()   # "star" vs "ring"
+        assert noun > 1e-3
+    assert s.text_config(0)["num_hidden_layers"] == 0 and s.TEXT_CONFIG["num_hidden_layers"] == 2
+
+
+def test_load_part_initialises_from_a_pipeline_folder(random_base):
+    """--init-from/--vae-from copy a saved folder's weights; a 0-layer encoder takes the embeddings and
+    reports the layers it lacks; a folder without weights is named in the error."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+    s = _script()
+    full = CLIPTextModel.from_pretrained(random_base / "text_encoder")
+    short = CLIPTextModel(CLIPTextConfig(**{**full.config.to_dict(), "num_hidden_layers": 0}))
+    assert s.load_part(short, random_base, "text_encoder", strict=False) == []
+    assert torch.equal(short.get_input_embeddings().weight, full.get_input_embeddings().weight)
+    vae = AutoencoderKL(**dict(s.VAE_CONFIG, block_out_channels=(8, 8, 8)))
+    s.load_part(vae, random_base, "vae")
+    ref = AutoencoderKL.from_pretrained(random_base / "vae")
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), ref.state_dict().values()))
+    with pytest.raises(ValueError, match="do not match"):
+        s.load_part(AutoencoderKL(**s.VAE_CONFIG), random_base, "vae")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        s.load_part(vae, random_base / "nowhere", "vae")

@@ -107,7 +107,59 @@ def test_export_and_load_a_committed_run(tmp_path):
     assert shown.loc[miniexp.arm_label("tokencompose"), "up_16 (× chance)"] == pytest.approx(2.0)
     line = miniexp.committed_line(c)
     assert "commit 01234567" in line and "812 s" in line and "fine-tune seeds 0, 1" in line and "make it" in line
-    assert miniexp.load_committed(tmp_path / "nothing") is None
+    assert miniexp.load_committed(tmp_path / "nothing") is None and c["base"] is None   # the shipped base: no copy
     (tmp_path / "run" / "world_effects.csv").unlink()
     with pytest.raises(miniexp.ExperimentError, match="world_effects.csv missing"):
         miniexp.export_run(tmp_path / "run", tmp_path / "other")
+
+
+def test_a_run_on_another_base_keeps_that_base_record(tmp_path):
+    """A run of stage 06 on a second base is exported with that base's record (its gates read it), and the
+    provenance line names the committed folder, not the multi-seed one."""
+    import json
+    _fake_run(tmp_path / "run")
+    other = tmp_path / "second" / "base"
+    other.parent.mkdir()
+    other.with_name("base.json").write_text(json.dumps({"sample_check": {"single_object_found": 0.5,
+                                                                         "images_single": 10}}))
+    summary = tmp_path / "run" / "world_summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "base": str(other)}))
+    c = miniexp.load_committed(miniexp.export_run(tmp_path / "run", tmp_path / "cand"))
+    assert c["base"]["sample_check"]["single_object_found"] == 0.5
+    assert c["gates"].set_index("gate").loc["single", "Passes"] == "no"
+    assert "Committed run (cand)" in miniexp.committed_line(c)
+
+
+def test_candidate_line_compares_the_two_bases(tmp_path):
+    _fake_run(tmp_path / "run")
+    a = miniexp.load_committed(miniexp.export_run(tmp_path / "run", tmp_path / "a"))
+    b = miniexp.load_committed(miniexp.export_run(tmp_path / "run", tmp_path / "b"))
+    b["mass_by_layer"] = b["mass_by_layer"].assign(mass=b["mass_by_layer"]["mass"] * 2)
+    by = miniexp.mass_by_layer(a["mass_by_layer"])
+    r = by[(by["checkpoint"] == "base") & by["layer"].isin(miniexp.BASE_TRAIN_LAYERS)]["ratio"].max()
+    line = miniexp.candidate_line(a, b)
+    assert f"is {2 * r:.2f} ×" in line and f"against {r:.2f} ×" in line
+    assert f"fails {len(miniexp.failed_gates(b['gates']))} of {len(b['gates'])} gates" in line
+
+
+def test_committed_second_base_is_what_the_chapter_says():
+    """The chapter's reading of the committed second base (book/miniworld.md, "A second base, tried"): its
+    nouns ground no better than the shipped base's, it composes more often, and EOS+padding still take
+    most of the attention. If a new committed run changes this, the chapter's text must change with it."""
+    ship, cand = miniexp.load_committed(), miniexp.load_committed(miniexp.CANDIDATE_DIR)
+    if ship is None or cand is None:
+        pytest.skip("no committed runs")
+
+    def best(c):
+        by = miniexp.mass_by_layer(c["mass_by_layer"])
+        return by[(by["checkpoint"] == "base") & by["layer"].isin(miniexp.BASE_TRAIN_LAYERS)]["ratio"].max()
+
+    def mg3(c):
+        s = c["scores"]
+        return float(s[(s["checkpoint"] == "base") & (s["k"] == 3)]["mean"].iloc[0])
+
+    assert best(cand) <= best(ship) and mg3(cand) > mg3(ship)
+    f = miniexp.flow_by_layer(cand["flow_by_layer"])
+    eos = f[(f["checkpoint"] == "base") & (f["role"] == "EOS and padding")]["share"]
+    assert (eos > 0.5).all()
+    assert "grounding" in miniexp.failed_gates(cand["gates"])

@@ -210,6 +210,25 @@ else:
     print(seeds_line)
 
 # %% [markdown]
+# ## Loss-scale sensitivity (committed runs)
+#
+# Stage 06 on the shipped base, fine-tune seed 0, with the grounding losses at 1, 10 and 100 × the paper's
+# scales (λ and γ together); the control (b) is λ = γ = 0 in every run. Committed in `data/miniworld/sensitivity/`.
+
+# %%
+sens = miniexp.load_sensitivity()
+if not sens:
+    glue_note("world_scale_table", "No loss-scale runs are committed: see data/miniworld/sensitivity/.")
+    glue("world_scale_provenance", HTML('<p class="repro-provenance">–</p>'), display=False)
+else:
+    glue_table("world_scale_table", miniexp.scale_table(sens), wrap={"λ token": 6, "γ pixel": 6},
+               title="Loss-scale sensitivity: (a) TokenCompose − (b) λ = 0 at the primary metrics, and grounding")
+    glue("world_scale_provenance", HTML("".join(f'<p class="repro-provenance">{miniexp.committed_line(r)}</p>'
+                                                for r in sens)), display=False)
+glue("world_scale_line", miniexp.scale_line(sens), display=False)
+print(miniexp.scale_line(sens))
+
+# %% [markdown]
 # ## A second base, tried: the caption kept out of EOS and padding
 #
 # The diagnosis's remedy, tested: the shipped base continued on two CPU cores with its text encoder replaced

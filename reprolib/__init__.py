@@ -24,7 +24,7 @@ piebench       PIE-Bench mapping_file.json loader, RLE masks, a synthetic PIE-Be
 metrics        PIE-Bench metrics (structure distance, PSNR, LPIPS, MSE, SSIM, CLIP)
 miniworld      the procedural world of the tiny profile (shapes, captions, exact masks)
 worlddetector  the exact detector of the miniature world (stands in for OWLv2 there)
-miniexp        the miniature replication: base model, TokenCompose vs plain fine-tune, MultiGen-mini
+miniexp        the miniature replication: TokenCompose vs plain fine-tune, MultiGen-mini, gates, committed runs
 reported       reported numbers with their sources: the report's Tables 1-2, the authors' README, PIE-Bench
 reanalysis     Welch tests of the reported Table 1 from its summary statistics, Holm, detectable differences
 claims         the claims ledger: the report's claims (data/report/claims.yaml), their tests and verdicts

@@ -779,6 +779,55 @@ def candidate_line(shipped: Mapping[str, Any], candidate: Mapping[str, Any]) -> 
             f"base {len(failed_gates(shipped['gates']))}; the shipped base stays the world's base.")
 
 
+SENSITIVITY_DIR = COMMITTED_DIR.parent / "sensitivity"
+
+
+def load_sensitivity(root: str | Path = SENSITIVITY_DIR) -> list[dict[str, Any]]:
+    """The committed loss-scale runs (one folder per scale, each a stage-06 export), by token-loss scale."""
+    runs = [load_committed(d) for d in sorted(Path(root).glob("*")) if d.is_dir()]
+    return sorted((r for r in runs if r is not None), key=lambda r: r["summary"]["token_loss_scale"])
+
+
+def scale_table(runs: Sequence[Mapping[str, Any]], ks: Sequence[int] = PLAN["primary"],
+                layers: Sequence[str] = ("up_4", "up_16")) -> pd.DataFrame:
+    """Loss-scale sensitivity, one row per run: the scales, (a) − (b) at the primary MG-k with its CI and
+    Holm-adjusted bootstrap p, and each arm's noun mass ÷ chance at ``layers``."""
+    from statsmodels.stats.multitest import multipletests
+    rows = []
+    for r in runs:
+        summ, pr = r["summary"], r["paired"]
+        pr = pr[(pr["a"] == "tokencompose") & (pr["b"] == "finetune") & pr["k"].isin(list(ks))].sort_values("k")
+        holm = multipletests(pr["p_bootstrap"].to_numpy(), method="holm")[1] if len(pr) else []
+        row: dict[str, Any] = {"λ token": f"{summ['token_loss_scale']:.0e}", "γ pixel": f"{summ['pixel_loss_scale']:.0e}",
+                               "× paper": f"{summ['token_loss_scale'] / 1e-3:g}"}
+        for t, ph in zip(pr.itertuples(), holm):
+            row[f"MG{int(t.k)} (a) − (b), points [95 % CI]"] = f"{t.diff:+.1f} [{t.ci_low:.1f}, {t.ci_high:.1f}]"
+            row[f"MG{int(t.k)} p (Holm)"] = f"{ph:.2f}" if ph >= 0.01 else "< 0.01"
+        by = mass_by_layer(r["mass_by_layer"]).set_index(["checkpoint", "layer"])["ratio"]
+        for arm in ("tokencompose", "finetune"):
+            row[f"{'(a)' if arm == 'tokencompose' else '(b)'} mass ÷ chance, " + "/".join(layers)] = " / ".join(
+                f"{by.get((arm, lay), float('nan')):.2f}" for lay in layers)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def scale_line(runs: Sequence[Mapping[str, Any]], layer: str = "up_4") -> str:
+    """One computed sentence: how (a)'s grounding and its primary-metric effect move with the loss scale."""
+    if not runs:
+        return "no loss-scale runs are committed."
+    parts = []
+    for r in runs:
+        by = mass_by_layer(r["mass_by_layer"]).set_index(["checkpoint", "layer"])["ratio"]
+        parts.append(f"×{r['summary']['token_loss_scale'] / 1e-3:g}: {by.get(('tokencompose', layer), float('nan')):.2f}")
+    verdicts = [verdict(r["paired"], ks=PLAN["primary"], holm=True) for r in runs]
+    better = [v for v in verdicts if " beats " in v and "does not beat" not in v]
+    worse = [r for r, v in zip(runs, verdicts) if " is worse than " in v]
+    at = ", ".join(f"×{r['summary']['token_loss_scale'] / 1e-3:g}" for r in worse)
+    return (f"(a)'s noun mass ÷ chance at {layer} by loss scale (× the paper's): {', '.join(parts)}; "
+            f"(a) beats (b) at the primary MG3/MG4 (paired bootstrap, Holm, α {PLAN['alpha']}) in {len(better)} "
+            f"of {len(runs)} scales and is worse in {len(worse)}{f' ({at})' if worse else ''}.")
+
+
 def committed_line(committed: Mapping[str, Any]) -> str:
     """The provenance line of a committed run: commit, date, device, wall time, seeds and its command."""
     prov, summ = committed["provenance"], committed["summary"]

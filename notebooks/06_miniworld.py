@@ -225,8 +225,9 @@ else:
                title="Loss-scale sensitivity: (a) TokenCompose − (b) λ = 0 at the primary metrics, and grounding")
     glue("world_scale_provenance", HTML("".join(f'<p class="repro-provenance">{miniexp.committed_line(r)}</p>'
                                                 for r in sens)), display=False)
-glue("world_scale_line", miniexp.scale_line(sens), display=False)
-print(miniexp.scale_line(sens))
+scale_line = miniexp.scale_line(sens)
+glue("world_scale_line", scale_line, display=False)
+print(scale_line)
 
 # %% [markdown]
 # ## A second base, tried: the caption kept out of EOS and padding
@@ -254,12 +255,13 @@ else:
     cc = cand["scores"][cand["scores"]["k"] > 1]
     glue_table("world_cand_mg", miniexp.mg_table(cc), bold=miniexp.mg_table_bold(cc), wrap={"Model": 9},
                title="MultiGen-mini on the second base, one fine-tune seed per arm: MG-k (%), mean [95 % CI]")
-    glue("world_cand_summary", miniexp.flow_summary(cand["flow_by_layer"], cand["mass_by_layer"]), display=False)
+    cand_summary = miniexp.flow_summary(cand["flow_by_layer"], cand["mass_by_layer"])
+    glue("world_cand_summary", cand_summary, display=False)
     glue("world_cand_verdict", miniexp.candidate_line(committed, cand) if committed is not None else
          "no multi-seed run of the shipped base is committed to compare with.", display=False)
     glue("world_cand_provenance", HTML(f'<p class="repro-provenance">{miniexp.committed_line(cand)}</p>'),
          display=False)
-    print(miniexp.flow_summary(cand["flow_by_layer"], cand["mass_by_layer"]))
+    print(cand_summary)
 
 # %% [markdown]
 # ## Samples (same initial noise for every model)

@@ -37,8 +37,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .config import Profile, apply_overrides
-from .io import atomic_save, atomic_write_json
+from .config import Profile, TrainConfig, apply_overrides
+from .io import REPO_ROOT, atomic_save, atomic_write_json
 from .miniworld import CATEGORIES, sample_scenes
 from .models import WORLD_BASE_DIR
 
@@ -348,21 +348,34 @@ def timings_display(timings: Mapping[str, float]) -> pd.DataFrame:
 PLAN = {"primary": (3, 4), "alpha": 0.05, "correction": "holm"}
 
 
+def tested(paired: pd.DataFrame, a: str = "tokencompose", b: str = "finetune", ks: Sequence[int] | None = None,
+           holm: bool = False) -> pd.DataFrame:
+    """The paired tests of ``a`` against ``b`` that count (``ks``; default all), by k, their bootstrap p
+    Holm-adjusted over that family when ``holm`` (the plan's correction, :data:`PLAN`)."""
+    rows = paired[(paired["a"] == a) & (paired["b"] == b)].sort_values("k")
+    if ks is not None:
+        rows = rows[rows["k"].isin(list(ks))]
+    if holm and len(rows):
+        from statsmodels.stats.multitest import multipletests
+        rows = rows.assign(p_bootstrap=multipletests(rows["p_bootstrap"].to_numpy(), method="holm")[1])
+    return rows
+
+
+def directions(rows: pd.DataFrame, alpha: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tested rows where ``a`` is significantly better, and those where it is significantly worse."""
+    sig = rows["p_bootstrap"] < alpha
+    return rows[sig & (rows["diff"] > 0)], rows[sig & (rows["diff"] < 0)]
+
+
 def verdict(paired: pd.DataFrame, a: str = "tokencompose", b: str = "finetune", alpha: float = 0.05,
             ks: Sequence[int] | None = None, holm: bool = False) -> str:
     """One sentence on whether ``a`` beats ``b`` in MultiGen-mini, read off the paired tests (bootstrap
     p over prompts, two-sided), so that the book's summary is computed, not typed. ``ks``: the MG-k that
     count (default all); ``holm``: Holm-adjust their p-values first (the plan's family, :data:`PLAN`)."""
-    rows = paired[(paired["a"] == a) & (paired["b"] == b)].sort_values("k")
-    if ks is not None:
-        rows = rows[rows["k"].isin(list(ks))]
+    rows = tested(paired, a, b, ks, holm)
     if rows.empty:
         raise ExperimentError(f"no paired tests of {a!r} against {b!r}")
-    if holm:
-        from statsmodels.stats.multitest import multipletests
-        rows = rows.assign(p_bootstrap=multipletests(rows["p_bootstrap"].to_numpy(), method="holm")[1])
-    better = rows[(rows["p_bootstrap"] < alpha) & (rows["diff"] > 0)]
-    worse = rows[(rows["p_bootstrap"] < alpha) & (rows["diff"] < 0)]
+    better, worse = directions(rows, alpha)
     best = rows.loc[rows["p_bootstrap"].idxmin()]
     na, nb = arm_label(a), arm_label(b)
     if not better.empty and worse.empty:
@@ -729,11 +742,13 @@ def export_run(run_dir: str | Path, dest: str | Path, edit_success: pd.DataFrame
     flow = pd.read_csv(run / "world_flow.csv")
     _save_csv(out / "world_flow_by_layer.csv", flow_by_layer(flow))
     summary = json.loads((run / "world_summary.json").read_text())
-    gates = validity_gates(base_record(summary.get("base", BASE_DIR)), mass, pd.read_csv(run / "world_scores.csv"),
+    base = summary.get("base", BASE_DIR)
+    record = base_record(base)
+    gates = validity_gates(record, mass, pd.read_csv(run / "world_scores.csv"),
                            pd.read_csv(run / "world_paired.csv"), edit_success)
     _save_csv(out / "world_gates.csv", gates)
-    if Path(summary.get("base", BASE_DIR)).resolve() != Path(BASE_DIR).resolve():   # another base: keep its record
-        atomic_write_json(out / "base.json", base_record(summary["base"]))
+    if Path(base).resolve() != Path(BASE_DIR).resolve():   # another base: keep its record
+        atomic_write_json(out / "base.json", record)
     atomic_write_json(out / "export.json", {"run_dir": str(run), "command": command})
     return out
 
@@ -754,16 +769,21 @@ def load_committed(dest: str | Path = COMMITTED_DIR) -> dict[str, Any] | None:
 
 def repo_relative(path: str | Path) -> str:
     """``path`` relative to the repository when inside it (the book never shows a machine's paths)."""
-    p, repo = Path(path).resolve(), Path(BASE_DIR).resolve().parents[2]
-    return str(p.relative_to(repo)) if p.is_relative_to(repo) else p.name
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else p.name
+
+
+def layer_ratios(mass: pd.DataFrame) -> pd.Series:
+    """Noun mass ÷ chance indexed by (model, layer group): :func:`mass_by_layer`'s ratio, for lookups."""
+    return mass_by_layer(mass).set_index(["checkpoint", "layer"])["ratio"]
 
 
 def candidate_line(shipped: Mapping[str, Any], candidate: Mapping[str, Any]) -> str:
     """One computed sentence comparing a second base with the shipped one: grounding at each one's best
     trained group, MG3 and MG4 of the bases, and which gates each fails."""
     def best(c: Mapping[str, Any]) -> tuple[str, float]:
-        by = mass_by_layer(c["mass_by_layer"])
-        by = by[(by["checkpoint"] == "base") & by["layer"].isin(BASE_TRAIN_LAYERS)].set_index("layer")["ratio"]
+        by = layer_ratios(c["mass_by_layer"])["base"]
+        by = by[by.index.isin(BASE_TRAIN_LAYERS)]
         return str(by.idxmax()), float(by.max())
 
     def mg(c: Mapping[str, Any], k: int) -> float:
@@ -780,6 +800,8 @@ def candidate_line(shipped: Mapping[str, Any], candidate: Mapping[str, Any]) -> 
 
 
 SENSITIVITY_DIR = COMMITTED_DIR.parent / "sensitivity"
+#: The paper's token-loss scale (the training config's default), the unit of the sensitivity runs.
+PAPER_TOKEN_LOSS_SCALE = TrainConfig.token_loss_scale
 
 
 def load_sensitivity(root: str | Path = SENSITIVITY_DIR) -> list[dict[str, Any]]:
@@ -792,18 +814,15 @@ def scale_table(runs: Sequence[Mapping[str, Any]], ks: Sequence[int] = PLAN["pri
                 layers: Sequence[str] = ("up_4", "up_16")) -> pd.DataFrame:
     """Loss-scale sensitivity, one row per run: the scales, (a) − (b) at the primary MG-k with its CI and
     Holm-adjusted bootstrap p, and each arm's noun mass ÷ chance at ``layers``."""
-    from statsmodels.stats.multitest import multipletests
     rows = []
     for r in runs:
-        summ, pr = r["summary"], r["paired"]
-        pr = pr[(pr["a"] == "tokencompose") & (pr["b"] == "finetune") & pr["k"].isin(list(ks))].sort_values("k")
-        holm = multipletests(pr["p_bootstrap"].to_numpy(), method="holm")[1] if len(pr) else []
+        summ = r["summary"]
         row: dict[str, Any] = {"λ token": f"{summ['token_loss_scale']:.0e}", "γ pixel": f"{summ['pixel_loss_scale']:.0e}",
-                               "× paper": f"{summ['token_loss_scale'] / 1e-3:g}"}
-        for t, ph in zip(pr.itertuples(), holm):
+                               "× paper": f"{summ['token_loss_scale'] / PAPER_TOKEN_LOSS_SCALE:g}"}
+        for t in tested(r["paired"], ks=ks, holm=True).itertuples():
             row[f"MG{int(t.k)} (a) − (b), points [95 % CI]"] = f"{t.diff:+.1f} [{t.ci_low:.1f}, {t.ci_high:.1f}]"
-            row[f"MG{int(t.k)} p (Holm)"] = f"{ph:.2f}" if ph >= 0.01 else "< 0.01"
-        by = mass_by_layer(r["mass_by_layer"]).set_index(["checkpoint", "layer"])["ratio"]
+            row[f"MG{int(t.k)} p (Holm)"] = f"{t.p_bootstrap:.2f}" if t.p_bootstrap >= 0.01 else "< 0.01"
+        by = layer_ratios(r["mass_by_layer"])
         for arm in ("tokencompose", "finetune"):
             row[f"{'(a)' if arm == 'tokencompose' else '(b)'} mass ÷ chance, " + "/".join(layers)] = " / ".join(
                 f"{by.get((arm, lay), float('nan')):.2f}" for lay in layers)
@@ -815,14 +834,16 @@ def scale_line(runs: Sequence[Mapping[str, Any]], layer: str = "up_4") -> str:
     """One computed sentence: how (a)'s grounding and its primary-metric effect move with the loss scale."""
     if not runs:
         return "no loss-scale runs are committed."
-    parts = []
-    for r in runs:
-        by = mass_by_layer(r["mass_by_layer"]).set_index(["checkpoint", "layer"])["ratio"]
-        parts.append(f"×{r['summary']['token_loss_scale'] / 1e-3:g}: {by.get(('tokencompose', layer), float('nan')):.2f}")
-    verdicts = [verdict(r["paired"], ks=PLAN["primary"], holm=True) for r in runs]
-    better = [v for v in verdicts if " beats " in v and "does not beat" not in v]
-    worse = [r for r, v in zip(runs, verdicts) if " is worse than " in v]
-    at = ", ".join(f"×{r['summary']['token_loss_scale'] / 1e-3:g}" for r in worse)
+    def times(r: Mapping[str, Any]) -> str:
+        return f"×{r['summary']['token_loss_scale'] / PAPER_TOKEN_LOSS_SCALE:g}"
+
+    parts = [f"{times(r)}: {layer_ratios(r['mass_by_layer']).get(('tokencompose', layer), float('nan')):.2f}"
+             for r in runs]
+    # the verdict's own reading of each run: better only (it beats), worse only (it is worse), or mixed
+    dirs = [directions(tested(r["paired"], ks=PLAN["primary"], holm=True), PLAN["alpha"]) for r in runs]
+    better = [r for r, (b, w) in zip(runs, dirs) if len(b) and w.empty]
+    worse = [r for r, (b, w) in zip(runs, dirs) if len(w) and b.empty]
+    at = ", ".join(times(r) for r in worse)
     return (f"(a)'s noun mass ÷ chance at {layer} by loss scale (× the paper's): {', '.join(parts)}; "
             f"(a) beats (b) at the primary MG3/MG4 (paired bootstrap, Holm, α {PLAN['alpha']}) in {len(better)} "
             f"of {len(runs)} scales and is worse in {len(worse)}{f' ({at})' if worse else ''}.")

@@ -568,18 +568,17 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer = clip_tokenizer()
     vae, unet, text = build_models(args.seed, args.text_layers)
-    init = {}
+    text_not_loaded = None
     if args.init_from is not None:
-        init["unet"] = load_part(unet, args.init_from, "unet")
-        init["text_missing"] = len(load_part(text, args.init_from, "text_encoder", strict=False))
+        load_part(unet, args.init_from, "unet")
+        text_not_loaded = len(load_part(text, args.init_from, "text_encoder", strict=False))
     if args.freeze_text:
         text.requires_grad_(False)
     vae, unet, text = vae.to(device), unet.to(device), text.to(device)
     vae_ckpt = args.work / "vae.pt"
-    state = load_state(vae_ckpt)
+    state = None if args.vae_from is not None else load_state(vae_ckpt)
     if args.vae_from is not None:
         load_part(vae, args.vae_from, "vae")
-        vae = vae.to(device)
         vae_losses: list[float] = []
     elif state is None:
         vpool = render_pool(args.vae_pool, VAE_STREAM, args.seed, VAE_OBJECT_WEIGHTS, 0.1, args.workers)
@@ -633,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
                  "final_loss_mean_last_200": float(np.mean(losses[-200:])), "wall_time_s": round(base_s, 1),
                  "unet_config": UNET_CONFIG, "text_config": text_config(args.text_layers),
                  "text_frozen": bool(args.freeze_text), "init_from": str(args.init_from) if args.init_from else None,
-                 "init_text_keys_not_loaded": init.get("text_missing"),
+                 "init_text_keys_not_loaded": text_not_loaded,
                  "unet_parameters": sum(p.numel() for p in ema_unet.parameters()),
                  "text_parameters": sum(p.numel() for p in ema_text.parameters())},
         "train_wall_time_s": round(train_s, 1), "total_wall_time_s": round(time.perf_counter() - t0, 1),
